@@ -1,0 +1,36 @@
+"""archdsl: write a network as text, get a plain torch nn.Sequential, see every shape.
+
+    import archdsl
+    net = archdsl.build("specs/alexnet.arch")            # nn.Sequential
+    print(archdsl.trace("specs/vgg.arch", ratio=4))      # the shape table
+    tree = archdsl.parse("conv(6, k5, p2) sigmoid")     # the syntax tree
+
+Importing archdsl is cheap: torch is imported on first use of build / trace.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .errors import ArchError, ShapeError, SpecSyntaxError
+from .parser import parse
+
+__version__ = "0.1.0"
+
+__all__ = ["ArchError", "ShapeError", "SpecSyntaxError", "Summary", "build", "parse", "plan", "trace"]
+
+if TYPE_CHECKING:
+    from .api import build, plan, trace
+    from .summary import Summary
+
+_LAZY = {"build": "api", "plan": "api", "trace": "api", "Summary": "summary"}
+
+
+def __getattr__(name: str) -> Any:  # PEP 562: import torch only when it is needed
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'archdsl' has no attribute {name!r}")

@@ -1,0 +1,5 @@
+"""`python -m archdsl` is the `archdsl` command."""
+
+from .cli import main
+
+main()

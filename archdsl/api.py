@@ -1,0 +1,45 @@
+"""The Python API: parse, trace and build a spec. The CLI is a thin layer over these."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Union
+
+import torch
+from torch import nn
+
+from . import syntax as S
+from .parser import parse
+from .plan import Plan, expand
+from .summary import Summary
+from .trace import materialize, trace_plan
+from .values import parse_shape
+
+SpecLike = Union[str, "os.PathLike[str]", S.Spec]
+ShapeLike = Union[str, tuple[int, ...], list[int], None]
+
+
+def plan(spec: SpecLike, input_shape: ShapeLike = None, **params: Any) -> Plan:
+    """Parse and resolve a spec: params set, blocks and repeats unrolled, every argument checked."""
+    tree = spec if isinstance(spec, S.Spec) else parse(spec)
+    return expand(tree, params, parse_shape(input_shape) if input_shape is not None else None)
+
+
+def trace(spec: SpecLike, input_shape: ShapeLike = None, *, batch: int = 1, **params: Any) -> Summary:
+    """The rows `archdsl shapes` prints: each layer's output shape and parameter count.
+
+    Runs on the meta device: no real tensors are allocated, whatever the input size.
+    `input_shape` (C x H x W, e.g. (1, 28, 28) or "1x28x28") replaces the spec's
+    `input`; keyword arguments set the spec's params (`ratio=4`).
+    """
+    return trace_plan(plan(spec, input_shape, **params), batch)[1]
+
+
+def build(spec: SpecLike, input_shape: ShapeLike = None, **params: Any) -> nn.Sequential:
+    """Compile a spec into a plain nn.Sequential with initialised parameters on the CPU.
+
+    `spec` is a path to a .arch file or spec text; the other arguments are as for `trace`.
+    Raises ArchError (a ValueError) with the place in the spec for any mistake.
+    """
+    net, _ = trace_plan(plan(spec, input_shape, **params))
+    return materialize(net, torch.device("cpu"))

@@ -1,0 +1,164 @@
+"""The built-in layers. Each builder gets the incoming shape, batch first, and its
+checked arguments, and returns a plain torch module.
+
+Builders refuse shapes that cannot work with a `ShapeProblem` in words (a kernel
+larger than its input, a linear on an image); anything subtler is left to torch.
+Conv, pooling and batch norm pick 1d/2d/3d from the rank of their input.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace as Args
+
+from torch import nn
+
+from .registry import Arg, ShapeProblem, layer
+from .values import Bool, Int, Real
+
+Shape = tuple[int, ...]
+
+POSITIVE, NON_NEGATIVE, ANY_INT = Int(1), Int(0), Int(None)
+PROBABILITY = Real(0.0, 1.0)  # [0, 1)
+POSITIVE_REAL = Real(0.0, None, lo_open=True)
+NON_NEGATIVE_REAL = Real(0.0, None)
+
+
+def fmt(shape: Shape) -> str:
+    return "(" + ", ".join(map(str, shape)) + ")"
+
+
+def _spatial(x: Shape, name: str) -> int:
+    """Number of spatial axes of a (B, C, *spatial) input: 1, 2 or 3."""
+    n = len(x) - 2
+    if not 1 <= n <= 3:
+        raise ShapeProblem(f"{name} needs a (C, L), (C, H, W) or (C, D, H, W) input, but it gets {fmt(x)}")
+    return n
+
+
+def _window(x: Shape, kernel: int, stride: int, padding: int, dilation: int = 1) -> None:
+    """Refuse a sliding window that does not fit the (padded) input."""
+    spatial = x[2:]
+    reach = dilation * (kernel - 1) + 1
+    if any(size + 2 * padding < reach for size in spatial):
+        what = f"kernel {kernel}" + (f" (dilated to {reach})" if dilation > 1 else "")
+        size = "x".join(map(str, spatial))
+        padded = f" padded by {padding}" if padding else ""
+        raise ShapeProblem(f"{what} is larger than the input {size}{padded}")
+
+
+def _pool_padding(kernel: int, padding: int) -> None:
+    if padding > kernel // 2:
+        raise ShapeProblem(f"padding {padding} is more than half the kernel {kernel}")
+
+
+@layer("conv",
+       Arg("channels", POSITIVE, doc="output channels"),
+       Arg("kernel", POSITIVE, tag="k", aliases=("kernel_size",)),
+       Arg("stride", POSITIVE, 1, tag="s"),
+       Arg("padding", NON_NEGATIVE, 0, tag="p"),
+       Arg("dilation", POSITIVE, 1, tag="d"),
+       Arg("groups", POSITIVE, 1, tag="g"),
+       Arg("bias", Bool(), True))
+def conv(x: Shape, a: Args) -> nn.Module:
+    """Convolution (nn.Conv1d/2d/3d by input rank); in_channels come from the input."""
+    n = _spatial(x, "conv")
+    c = x[1]
+    if c % a.groups or a.channels % a.groups:
+        raise ShapeProblem(f"groups={a.groups} must divide the input channels ({c}) and the output channels ({a.channels})")
+    _window(x, a.kernel, a.stride, a.padding, a.dilation)
+    cls = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[n - 1]
+    return cls(c, a.channels, kernel_size=a.kernel, stride=a.stride, padding=a.padding,
+               dilation=a.dilation, groups=a.groups, bias=a.bias)
+
+
+@layer("linear", Arg("features", POSITIVE, aliases=("out_features",)), Arg("bias", Bool(), True))
+def linear(x: Shape, a: Args) -> nn.Module:
+    """Fully connected layer (nn.Linear) on the last axis; in_features come from the input."""
+    if len(x) > 3:
+        raise ShapeProblem(f"linear needs (features,) or (sequence, features), but it gets {fmt(x)}; "
+                           f"put flatten before it")
+    return nn.Linear(x[-1], a.features, bias=a.bias)
+
+
+def _pool_args() -> tuple[Arg, ...]:
+    return (Arg("kernel", POSITIVE, tag="k", aliases=("kernel_size",)),
+            Arg("stride", POSITIVE, None, tag="s", shown_default="kernel"),
+            Arg("padding", NON_NEGATIVE, 0, tag="p"),
+            Arg("ceil", Bool(), False, aliases=("ceil_mode",)))
+
+
+@layer("maxpool", *_pool_args())
+def maxpool(x: Shape, a: Args) -> nn.Module:
+    """Max pooling (nn.MaxPool1d/2d/3d); the stride defaults to the kernel, as in torch."""
+    n = _spatial(x, "maxpool")
+    _pool_padding(a.kernel, a.padding)
+    _window(x, a.kernel, a.stride or a.kernel, a.padding)
+    cls = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)[n - 1]
+    return cls(kernel_size=a.kernel, stride=a.stride or a.kernel, padding=a.padding, ceil_mode=a.ceil)
+
+
+@layer("avgpool", *_pool_args())
+def avgpool(x: Shape, a: Args) -> nn.Module:
+    """Average pooling (nn.AvgPool1d/2d/3d); the stride defaults to the kernel."""
+    n = _spatial(x, "avgpool")
+    _pool_padding(a.kernel, a.padding)
+    _window(x, a.kernel, a.stride or a.kernel, a.padding)
+    cls = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)[n - 1]
+    return cls(kernel_size=a.kernel, stride=a.stride or a.kernel, padding=a.padding, ceil_mode=a.ceil)
+
+
+@layer("adaptiveavgpool", Arg("size", POSITIVE, 1, aliases=("output_size",)))
+def adaptiveavgpool(x: Shape, a: Args) -> nn.Module:
+    """Adaptive average pooling to size x size; the default size 1 is global average pooling."""
+    n = _spatial(x, "adaptiveavgpool")
+    return (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)[n - 1](a.size)
+
+
+@layer("flatten")
+def flatten(x: Shape, a: Args) -> nn.Module:
+    """Flatten all axes but the batch into one (nn.Flatten)."""
+    return nn.Flatten()
+
+
+@layer("dropout", Arg("p", PROBABILITY, 0.5))
+def dropout(x: Shape, a: Args) -> nn.Module:
+    """Dropout with probability p in [0, 1) (nn.Dropout)."""
+    return nn.Dropout(a.p)
+
+
+@layer("batchnorm", Arg("eps", POSITIVE_REAL, 1e-5), Arg("momentum", PROBABILITY, 0.1))
+def batchnorm(x: Shape, a: Args) -> nn.Module:
+    """Batch normalization over channels (nn.BatchNorm1d/2d/3d by input rank)."""
+    if not 2 <= len(x) <= 5:
+        raise ShapeProblem(f"batchnorm needs (features,), (C, L), (C, H, W) or (C, D, H, W), but it gets {fmt(x)}")
+    cls = (nn.BatchNorm1d, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)[len(x) - 2]
+    return cls(x[1], eps=a.eps, momentum=a.momentum)
+
+
+@layer("lrn", Arg("size", POSITIVE), Arg("alpha", NON_NEGATIVE_REAL, 1e-4), Arg("beta", NON_NEGATIVE_REAL, 0.75),
+       Arg("k", NON_NEGATIVE_REAL, 1.0))
+def lrn(x: Shape, a: Args) -> nn.Module:
+    """Local response normalization across channels (nn.LocalResponseNorm), as in the AlexNet paper."""
+    if len(x) < 3:
+        raise ShapeProblem(f"lrn needs a (C, ...) input with spatial axes, but it gets {fmt(x)}")
+    return nn.LocalResponseNorm(a.size, alpha=a.alpha, beta=a.beta, k=a.k)
+
+
+@layer("softmax", Arg("dim", ANY_INT, 1))
+def softmax(x: Shape, a: Args) -> nn.Module:
+    """Softmax over axis dim (1, the first after the batch, by default)."""
+    if not -len(x) <= a.dim < len(x):
+        raise ShapeProblem(f"softmax dim {a.dim} is out of range for {fmt(x)}")
+    return nn.Softmax(dim=a.dim)
+
+
+def _activation(name: str, cls: type[nn.Module], what: str) -> None:
+    def build(x: Shape, a: Args) -> nn.Module:
+        return cls()
+    build.__doc__ = f"{what} (nn.{cls.__name__})."
+    layer(name)(build)
+
+
+for _name, _cls, _what in (("relu", nn.ReLU, "ReLU"), ("sigmoid", nn.Sigmoid, "Sigmoid"), ("tanh", nn.Tanh, "Tanh"),
+                           ("gelu", nn.GELU, "GELU"), ("identity", nn.Identity, "Identity: passes its input on")):
+    _activation(_name, _cls, _what)

@@ -1,0 +1,241 @@
+"""Text -> syntax tree. The grammar lives in grammar.lark; the parser is built once."""
+
+from __future__ import annotations
+
+import functools
+import os
+from fractions import Fraction
+from pathlib import Path as FsPath
+from typing import Iterator
+
+from lark import Lark, Token, Transformer, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+
+from . import syntax as S
+from .errors import ArchError, Source, Span, SpecSyntaxError
+
+SpecLike = "str | os.PathLike[str]"
+
+_OPEN = {"LPAR", "LSQB", "LBRACE"}
+_CLOSE = {"RPAR", "RSQB", "RBRACE"}
+
+
+class _JoinLines:
+    """Post-lexer: drop line breaks inside brackets, so only top-level statements end at one."""
+
+    always_accept = ("_NL",)
+
+    def process(self, stream: Iterator[Token]) -> Iterator[Token]:
+        depth = 0
+        for tok in stream:
+            if tok.type in _OPEN:
+                depth += 1
+            elif tok.type in _CLOSE:
+                depth = max(0, depth - 1)
+            elif tok.type == "_NL" and depth:
+                continue
+            yield tok
+
+
+@functools.cache
+def _lark() -> Lark:
+    return Lark.open(
+        "grammar.lark", rel_to=__file__, parser="lalr", lexer="contextual",
+        postlex=_JoinLines(), propagate_positions=True, maybe_placeholders=True,
+    )
+
+
+def source_of(spec: str | os.PathLike[str]) -> Source:
+    """Read a spec file, or wrap spec text given directly.
+
+    A path object, or a one-word string that names a file or ends in `.arch`, is a
+    file; any other string is spec text.
+    """
+    if isinstance(spec, os.PathLike) or (
+        isinstance(spec, str) and spec.strip() and not any(c in spec for c in " \t\n;()[]{}")
+        and (spec.endswith(".arch") or os.path.isfile(spec))
+    ):
+        path = FsPath(spec)
+        try:
+            return Source(str(spec), path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ArchError("no such spec file", where=str(spec)) from None
+        except IsADirectoryError:
+            raise ArchError("is a directory, not a spec file", where=str(spec)) from None
+        except UnicodeDecodeError as e:
+            raise ArchError(f"not UTF-8 text (byte {e.start})", where=str(spec)) from None
+        except OSError as e:
+            raise ArchError(f"cannot read: {e.strerror}", where=str(spec)) from None
+    if not isinstance(spec, str):
+        raise TypeError(f"a spec is a path or spec text, not {type(spec).__name__}")
+    return Source("<string>", spec)
+
+
+def parse(spec: str | os.PathLike[str]) -> S.Spec:
+    """Parse a spec file or spec text into its syntax tree (no evaluation, no torch)."""
+    return parse_source(source_of(spec))
+
+
+def parse_source(source: Source) -> S.Spec:
+    try:
+        tree = _lark().parse(source.text)
+    except UnexpectedInput as e:
+        raise _syntax_error(e, source) from None
+    return _ToSyntax(source).transform(tree)
+
+
+# Tree -> syntax nodes: one thin method per grammar rule ---------------------
+
+def _span(source: Source, m) -> Span:
+    return Span(source, m.line, m.column, m.end_line, m.end_column, m.start_pos, m.end_pos)
+
+
+@v_args(meta=True, inline=True)
+class _ToSyntax(Transformer):
+    def __init__(self, source: Source) -> None:
+        super().__init__()
+        self.src = source
+
+    def sp(self, m) -> Span:
+        return _span(self.src, m)
+
+    def start(self, meta, *statements):
+        return S.Spec(tuple(statements), self.src)
+
+    def input_stmt(self, meta, shape):
+        return S.InputStmt(tuple(int(d) for d in shape.split("x")), self.sp(meta))
+
+    def param_stmt(self, meta, name, default):
+        return S.ParamStmt(str(name), default, self.sp(meta), self.sp(name))
+
+    def train_stmt(self, meta, dataset, *options):
+        return S.TrainStmt(str(dataset), options, self.sp(meta), self.sp(dataset))
+
+    def option(self, meta, name, value):
+        return S.TrainOption(str(name), value, self.sp(meta))
+
+    def block_def(self, meta, name, params, body):
+        return S.BlockDef(str(name), params or (), body, self.sp(meta), self.sp(name))
+
+    def param_list(self, meta, *decls):
+        return decls
+
+    def param_decl(self, meta, name, default):
+        return S.ParamDecl(str(name), default, self.sp(meta))
+
+    def layers_stmt(self, meta, *items):
+        return S.LayersStmt(items, self.sp(meta))
+
+    def path(self, meta, *items):
+        return S.Path(items, self.sp(meta))
+
+    def call(self, meta, name, args):
+        return S.Call(str(name), args or (), self.sp(meta), self.sp(name))
+
+    def group(self, meta, path, count):
+        return S.Group(path, count, self.sp(meta))
+
+    def arg_list(self, meta, *args):
+        return args
+
+    def positional(self, meta, value):
+        return S.Positional(value, self.sp(meta))
+
+    def keyword(self, meta, name, value):
+        return S.Keyword(str(name), value, self.sp(meta))
+
+    def tag(self, meta, tok):
+        return S.Tag(tok[0], int(tok[1:]), self.sp(meta))
+
+    def path_arg(self, meta, path):
+        return S.PathArg(path, self.sp(meta))
+
+    def number(self, meta, tok):
+        return S.Number(Fraction(str(tok)), self.sp(meta))
+
+    def name(self, meta, tok):
+        return S.Name(str(tok), self.sp(meta))
+
+    def neg(self, meta, operand):
+        return S.Neg(operand, self.sp(meta))
+
+    def _binop(op: str):  # noqa: N805 - builds the methods below
+        def method(self, meta, left, right):
+            return S.BinOp(op, left, right, self.sp(meta))
+        return method
+
+    add, sub, mul, div, floordiv = _binop("+"), _binop("-"), _binop("*"), _binop("/"), _binop("//")
+    del _binop
+
+
+# Syntax errors in words -----------------------------------------------------
+
+_WORDS = {
+    "NAME": "a name", "NUMBER": "a number", "TAG": "a tag such as k3",
+    "SHAPE": "a shape such as 1x28x28", "DATASET": "a dataset name",
+    "_NL": "a line break", "$END": "the end of the spec",
+}
+_OPERATORS = {"PLUS", "MINUS", "STAR", "SLASH", "_FLOORDIV"}
+_VALUE_START = {"NAME", "NUMBER", "LPAR", "MINUS", "PLUS"}
+
+
+def _describe_terminal(name: str) -> str:
+    if name in _WORDS:
+        return _WORDS[name]
+    try:
+        pattern = _lark().get_terminal(name).pattern
+    except KeyError:
+        return name
+    return f"'{pattern.value}'" if pattern.type == "str" else name.lower()
+
+
+def _expected(names: set[str]) -> str:
+    names = set(names)
+    if names - _OPERATORS and len(names) > 3:
+        names -= _OPERATORS  # "expected ',' or ')'" helps more than a list of operators
+    extra = set()
+    if {"NAME", "NUMBER"} <= names:  # the tokens that can start a value, in one word
+        names -= _VALUE_START
+        extra = {"a value"}
+        if {"TAG", "LSQB"} <= names:
+            names -= {"TAG", "LSQB"}
+            extra = {"an argument"}
+    words = sorted({_describe_terminal(n) for n in names} | extra)
+    if not words:
+        return ""
+    if len(words) == 1:
+        return f"; expected {words[0]}"
+    return "; expected " + ", ".join(words[:-1]) + " or " + words[-1]
+
+
+def _describe_token(tok: Token) -> str:
+    if tok.type == "$END":
+        return "end of the spec"
+    if tok.type == "_NL":
+        return "';'" if tok.value.startswith(";") else "line break"
+    kind = {"NAME": "name", "NUMBER": "number", "TAG": "tag"}.get(tok.type)
+    return f"{kind} '{tok.value}'" if kind else f"'{tok.value}'"
+
+
+def _point(source: Source, pos: int, width: int) -> Span:
+    pos = max(0, min(pos, len(source.text)))
+    line = source.text.count("\n", 0, pos) + 1
+    column = pos - (source.text.rfind("\n", 0, pos) + 1) + 1
+    return Span(source, line, column, line, column + max(width, 1), pos, pos + max(width, 1))
+
+
+def _syntax_error(e: UnexpectedInput, source: Source) -> SpecSyntaxError:
+    if isinstance(e, UnexpectedToken) and e.token.type == "$END" or isinstance(e, UnexpectedEOF):
+        expected = e.expected if isinstance(e, UnexpectedEOF) else (e.accepts or e.expected)
+        end = len(source.text.rstrip())
+        return SpecSyntaxError("unexpected end of the spec" + _expected(set(expected)), _point(source, end, 1))
+    if isinstance(e, UnexpectedToken):
+        tok = e.token
+        width = 1 if tok.type == "_NL" else len(tok.value)
+        expected = e.accepts or e.expected  # accepts: what the parser state takes, not the lexer
+        return SpecSyntaxError(f"unexpected {_describe_token(tok)}" + _expected(expected),
+                               _point(source, tok.start_pos, width))
+    if isinstance(e, UnexpectedCharacters):
+        return SpecSyntaxError(f"unexpected character {source.text[e.pos_in_stream]!r}",
+                               _point(source, e.pos_in_stream, 1))
+    return SpecSyntaxError(str(e))  # pragma: no cover - lark raises only the kinds above

@@ -1,0 +1,122 @@
+"""What `archdsl shapes` shows: one row per layer (and per block), as a table or as JSON.
+
+Plain data, no torch: the tracer fills it in.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from .errors import Span
+
+
+@dataclass(frozen=True)
+class Row:
+    index: int  # 1-based position in the table
+    name: str  # the module's path in the model, as in state_dict keys: "3", "4.0"
+    depth: int  # 0 at top level, 1 inside a block, ...
+    kind: str  # "layer" or "block"
+    layer: str  # the call as written in the spec
+    module: str  # the torch module: its repr for a layer, its class for a block
+    output_shape: tuple[int, ...]  # batch first
+    params: int
+    span: Span
+
+    @property
+    def line(self) -> int:
+        return self.span.line
+
+    @property
+    def column(self) -> int:
+        return self.span.column
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index, "name": self.name, "depth": self.depth, "kind": self.kind,
+            "layer": self.layer, "module": self.module, "output_shape": list(self.output_shape),
+            "params": self.params, "file": self.span.source.name, "line": self.line, "column": self.column,
+        }
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The traced shapes of a spec. Iterate it for the rows; print it for the table."""
+
+    spec: str  # the spec's file name, or <string>
+    input_shape: tuple[int, ...]  # batch first
+    rows: tuple[Row, ...]
+    complete: bool = True  # False when tracing stopped at a shape error
+
+    def __iter__(self) -> Iterator[Row]:
+        return iter(self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> Row:
+        return self.rows[i]
+
+    @property
+    def total_params(self) -> int:
+        return sum(r.params for r in self.rows if r.depth == 0)
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        top = [r for r in self.rows if r.depth == 0]
+        return top[-1].output_shape if top else self.input_shape
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "spec": self.spec, "input_shape": list(self.input_shape), "output_shape": list(self.output_shape),
+            "total_params": self.total_params, "complete": self.complete,
+            "layers": [r.to_dict() for r in self.rows],
+        }
+
+    def table(self, depth: int | None = None) -> str:
+        """The rows as an aligned text table; `depth` hides rows nested deeper than it."""
+        rows = [r for r in self.rows if depth is None or r.depth <= depth]
+        head = ("#", "layer", "module", "output shape", "params", "at")
+        body = [(str(r.index), "  " * r.depth + r.layer, compact(r.module), _shape(r.output_shape), f"{r.params:,}",
+                 f"{r.line}:{r.column}") for r in rows]
+        widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head))]
+        right = {0, 4}  # numbers align right
+
+        def fmt(cells: tuple[str, ...]) -> str:
+            return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+        rule = "-" * len(fmt(tuple("-" * w for w in widths)))
+        out = [f"{self.spec}: input {_shape(self.input_shape)}", rule, fmt(head), rule, *map(fmt, body), rule]
+        if self.complete:
+            total = self.total_params
+            out += [f"Total params: {total:,}",
+                    f"Parameter memory: {total * 4 / 2**20:,.2f} MiB (float32)",
+                    f"Output: {_shape(self.output_shape)}"]
+        else:
+            out.append(f"Params up to the failing layer: {self.total_params:,}")
+        return "\n".join(out)
+
+    def __str__(self) -> str:
+        return self.table()
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:  # IPython / Jupyter show the table
+        p.text(self.table())
+
+
+_SQUARE = re.compile(r"\((\d+)(?:, \1)+\)")  # (3, 3) -> 3
+_DEFAULTS = re.compile(r"(?:, )?\b(?:padding=0|dilation=1|ceil_mode=False|inplace=False|bias=True|start_dim=1|"
+                       r"end_dim=-1|eps=1e-05|momentum=0\.1|affine=True|track_running_stats=True)(?=[,)])")
+
+
+def compact(module: str) -> str:
+    """A module's repr without the noise: square tuples folded, default settings left out.
+
+    `MaxPool2d(kernel_size=3, stride=2, padding=0, dilation=1, ceil_mode=False)` reads
+    `MaxPool2d(kernel_size=3, stride=2)`, as one would write it by hand.
+    """
+    return _DEFAULTS.sub("", _SQUARE.sub(r"\1", module)).replace("(, ", "(")
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "(" + ", ".join(map(str, shape)) + ")"
