@@ -17,13 +17,13 @@ from .parser import parse
 
 __version__ = "0.1.0"
 
-__all__ = ["ArchError", "ShapeError", "SpecSyntaxError", "Summary", "build", "parse", "plan", "trace"]
+__all__ = ["ArchError", "ShapeError", "SpecSyntaxError", "Summary", "build", "parse", "trace"]
 
 if TYPE_CHECKING:
-    from .api import build, plan, trace
+    from .api import build, trace
     from .summary import Summary
 
-_LAZY = {"build": "api", "plan": "api", "trace": "api", "Summary": "summary"}
+_LAZY = {"build": "api", "trace": "api", "Summary": "summary"}
 
 
 def __getattr__(name: str) -> Any:  # PEP 562: import torch only when it is needed

@@ -12,7 +12,7 @@ from . import syntax as S
 from .parser import parse
 from .plan import Plan, expand
 from .summary import Summary
-from .trace import materialize, trace_plan
+from .tracer import materialize, trace_plan
 from .values import parse_shape
 
 SpecLike = Union[str, "os.PathLike[str]", S.Spec]

@@ -79,9 +79,11 @@ def parse(spec: str | os.PathLike[str]) -> S.Spec:
 def parse_source(source: Source) -> S.Spec:
     try:
         tree = _lark().parse(source.text)
+        return _ToSyntax(source).transform(tree)
     except UnexpectedInput as e:
         raise _syntax_error(e, source) from None
-    return _ToSyntax(source).transform(tree)
+    except RecursionError:
+        raise SpecSyntaxError("the spec nests brackets too deeply", where=source.name) from None
 
 
 # Tree -> syntax nodes: one thin method per grammar rule ---------------------

@@ -202,7 +202,7 @@ class _Expander:
             else:
                 key = a.name if isinstance(a, S.Keyword) else None
                 value = evaluate(a.value, env)
-                given.append(Given("keyword" if key else "positional", key, value, a.value.span))
+                given.append(Given("keyword" if key else "positional", key, value, a.span, a.value.span))
         return given
 
     def _layer(self, call: S.Call, env: Mapping[str, Value]) -> LayerStep:
@@ -234,6 +234,11 @@ class _Expander:
         self.stack.append(call.name)
         try:
             steps = tuple(self._items(bdef.body.items, scope))
+        except ArchError as e:
+            # A mistake inside a block may depend on the arguments: say which call led there.
+            e.notes += (f"in block {call.name}, called at {call.span.line}:{call.span.column}: "
+                        f"{' '.join(call.span.text.split())}",)
+            raise
         finally:
             self.stack.pop()
         return BlockStep(call.name, steps, call.span)

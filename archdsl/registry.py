@@ -76,13 +76,14 @@ class Given:
     how: str  # "positional" | "tag" | "keyword"
     key: str | None
     value: Any
-    span: Span
+    span: Span  # the whole argument: `stride=2`
+    value_span: Span | None = None  # just the value, where it differs: `2`
 
 
 @dataclass
 class Bound:
     values: dict[str, Any] = field(default_factory=dict)
-    spans: dict[str, Span] = field(default_factory=dict)
+    spans: dict[str, Span] = field(default_factory=dict)  # where each value is written
 
 
 def bind(owner: str, schema: Sequence[Arg], given: Sequence[Given], call_span: Span,
@@ -97,9 +98,9 @@ def bind(owner: str, schema: Sequence[Arg], given: Sequence[Given], call_span: S
         if arg.name in bound.values:
             first = bound.spans[arg.name]
             raise ArchError(f"{owner}: {arg.name} is given twice", g.span,
-                            notes=(f"first given at {first.line}:{first.column}: {first.text}",))
+                            notes=(f"first given at {first.line}:{first.column}",))
         bound.values[arg.name] = g.value
-        bound.spans[arg.name] = g.span
+        bound.spans[arg.name] = g.value_span or g.span
 
     positional = 0
     for g in given:

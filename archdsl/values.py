@@ -112,7 +112,7 @@ class Int:
     def convert(self, v: Value, what: str, span: Span) -> int:
         v = _number(v, span)
         if v.denominator != 1:
-            raise ArchError(f"{what} must be a whole number, but {' '.join(span.text.split())} = {show(v)}", span)
+            raise ArchError(f"{what} must be a whole number, but {' '.join(span.text.split())} is {show(v)}", span)
         if self.min is not None and v < self.min:
             bound = "positive" if self.min == 1 else f"at least {self.min}"
             raise ArchError(f"{what} must be {bound}, not {show(v)}", span)
@@ -141,9 +141,9 @@ class Real:
 
     def describe(self) -> str:
         if self.lo is not None and self.hi is not None:
-            return f"in {'(' if self.lo_open else '['}{show(self.lo)}, {show(self.hi)}{')' if self.hi_open else ']'}"
+            return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
         if self.lo is not None:
-            return f"{'>' if self.lo_open else '>='} {show(self.lo)}"
+            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
         return "a number"
 
 

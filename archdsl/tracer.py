@@ -68,8 +68,10 @@ def _run(step: LayerStep, x: torch.Tensor, callers: tuple[BlockStep, ...]) -> tu
     try:
         with torch.device("meta"):
             module = step.layer.build(shape, step.args)
+        module.eval()  # shapes do not depend on the mode, and batch norm refuses batch 1 in training
         with torch.no_grad():
             y = module(x)
+        module.train()
     except ShapeProblem as e:
         raise ShapeError(f"{text} gets {fmt(shape)}: {e}", step.span, notes=notes) from None
     except (RuntimeError, ValueError, IndexError) as e:  # what torch itself refuses
