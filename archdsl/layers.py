@@ -12,6 +12,7 @@ from types import SimpleNamespace as Args
 
 from torch import nn
 
+from .modules import Add, Concat
 from .registry import Arg, ShapeProblem, layer
 from .values import Bool, Int, Real
 
@@ -162,3 +163,36 @@ def _activation(name: str, cls: type[nn.Module], what: str) -> None:
 for _name, _cls, _what in (("relu", nn.ReLU, "ReLU"), ("sigmoid", nn.Sigmoid, "Sigmoid"), ("tanh", nn.Tanh, "Tanh"),
                            ("gelu", nn.GELU, "GELU"), ("identity", nn.Identity, "Identity: passes its input on")):
     _activation(_name, _cls, _what)
+
+
+# Joins: several paths run on the same input --------------------------------
+
+Paths = list[tuple[nn.Module, Shape]]  # each path's module and its output shape
+
+
+def _paths_disagree(join: str, paths: Paths, what: str) -> ShapeProblem:
+    shapes = ", ".join(f"path {i} gives {fmt(shape)}" for i, (_, shape) in enumerate(paths, 1))
+    return ShapeProblem(f"{join} needs paths that agree {what}: {shapes}")
+
+
+@layer("concat", Arg("dim", ANY_INT, 1), takes_paths=True)
+def concat(x: Shape, a: Args, paths: Paths) -> nn.Module:
+    """Runs each [ path ] on the input and concatenates the outputs along dim (channels): Inception, DenseNet."""
+    ranks = {len(shape) for _, shape in paths}
+    if len(ranks) > 1:
+        raise _paths_disagree("concat", paths, "in rank")
+    rank = ranks.pop()
+    if not -rank <= a.dim < rank:
+        raise ShapeProblem(f"concat dim {a.dim} is out of range for {fmt(paths[0][1])}")
+    dim = a.dim % rank
+    if len({shape[:dim] + shape[dim + 1:] for _, shape in paths}) > 1:
+        raise _paths_disagree("concat", paths, f"on every axis but {dim}")
+    return Concat(*(m for m, _ in paths), dim=a.dim)
+
+
+@layer("add", takes_paths=True)
+def add(x: Shape, a: Args, paths: Paths) -> nn.Module:
+    """Runs each [ path ] on the input and adds the outputs elementwise: a residual connection."""
+    if len({shape for _, shape in paths}) > 1:
+        raise _paths_disagree("add", paths, "in shape")
+    return Add(*(m for m, _ in paths))

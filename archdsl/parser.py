@@ -107,6 +107,10 @@ class _ToSyntax(Transformer):
     def input_stmt(self, meta, shape):
         return S.InputStmt(tuple(int(d) for d in shape.split("x")), self.sp(meta))
 
+    def include_stmt(self, meta, target):
+        quoted = target.type == "STRING"
+        return S.IncludeStmt(str(target)[1:-1] if quoted else str(target), quoted, self.sp(meta))
+
     def param_stmt(self, meta, name, default):
         return S.ParamStmt(str(name), default, self.sp(meta), self.sp(name))
 
@@ -137,6 +141,9 @@ class _ToSyntax(Transformer):
     def group(self, meta, path, count):
         return S.Group(path, count, self.sp(meta))
 
+    def choice(self, meta, condition, then, otherwise):
+        return S.Choice(condition, then, otherwise, self.sp(meta))
+
     def arg_list(self, meta, *args):
         return args
 
@@ -158,6 +165,9 @@ class _ToSyntax(Transformer):
     def name(self, meta, tok):
         return S.Name(str(tok), self.sp(meta))
 
+    def compare(self, meta, left, op, right):
+        return S.BinOp(str(op), left, right, self.sp(meta))
+
     def neg(self, meta, operand):
         return S.Neg(operand, self.sp(meta))
 
@@ -174,10 +184,10 @@ class _ToSyntax(Transformer):
 
 _WORDS = {
     "NAME": "a name", "NUMBER": "a number", "TAG": "a tag such as k3",
-    "SHAPE": "a shape such as 1x28x28", "DATASET": "a dataset name",
+    "COMPARE": "a comparison", "SHAPE": "a shape such as 1x28x28", "DATASET": "a dataset name", "STRING": 'a "quoted path"',
     "_NL": "a line break", "$END": "the end of the spec",
 }
-_OPERATORS = {"PLUS", "MINUS", "STAR", "SLASH", "_FLOORDIV"}
+_OPERATORS = {"PLUS", "MINUS", "STAR", "SLASH", "_FLOORDIV", "COMPARE"}
 _VALUE_START = {"NAME", "NUMBER", "LPAR", "MINUS", "PLUS"}
 
 

@@ -6,14 +6,18 @@ The plan is what the tracer builds from; nothing after this point looks at the s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Mapping, Union
 
 from . import layers as _layers  # noqa: F401  (registers the built-in layers)
 from . import syntax as S
 from .errors import ArchError, Source, Span
+from .parser import parse_source
 from .registry import REGISTRY, REQUIRED, Arg, Given, LayerDef, bind, check_layer_args
-from .values import Int, Real, Value, did_you_mean, evaluate, from_python
+from .values import Bool, Int, Real, Value, did_you_mean, evaluate, from_python
+
+STDLIB = Path(__file__).resolve().parent / "stdlib"  # blocks any spec can `include` by name
 
 MAX_LAYERS = 100_000  # a spec that unrolls to more is almost surely a typo in a repeat count
 
@@ -45,11 +49,19 @@ RECIPE_OPTIONS = {
 
 
 @dataclass(frozen=True, eq=False)
+class PathStep:
+    """One [ path ] given to a join (concat, add)."""
+
+    steps: tuple[Step, ...]
+    span: Span
+
+
+@dataclass(frozen=True, eq=False)
 class LayerStep:
     layer: LayerDef
     args: SimpleNamespace
     span: Span  # the call as written
-    paths: tuple[tuple[Step, ...], ...] = ()
+    paths: tuple[PathStep, ...] = ()  # for joins
 
 
 @dataclass(frozen=True, eq=False)
@@ -78,31 +90,41 @@ def expand(spec: S.Spec, overrides: Mapping[str, Any] | None = None,
     return _Expander(spec).run(dict(overrides or {}), input_shape)
 
 
+def _display(path: Path) -> str:
+    """A path as short as it can be said: relative to the working directory when inside it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 class _Expander:
     def __init__(self, spec: S.Spec) -> None:
         self.spec = spec
         self.blocks: dict[str, S.BlockDef] = {}
+        self.foreign: set[str] = set()  # blocks from included files: they see no params of this spec
+        self.seen: dict[str, Span] = {}  # every defined name, for duplicates
+        self.included: set[Path] = set()
         self.stack: list[str] = []  # blocks being expanded, to catch recursion
         self.count = 0
         self.globals: dict[str, Value] = {}
 
     def run(self, overrides: dict[str, Any], input_shape: tuple[int, ...] | None) -> Plan:
         src = self.spec.source
-        seen: dict[str, Span] = {}
         inputs, trains, params, layer_stmts = [], [], [], []
+        home = (Path(src.name).resolve(),) if src.name != "<string>" else ()
         for st in self.spec.statements:
             if isinstance(st, S.InputStmt):
                 inputs.append(st)
             elif isinstance(st, S.TrainStmt):
                 trains.append(st)
+            elif isinstance(st, S.IncludeStmt):
+                self._include(st, home)
             elif isinstance(st, S.ParamStmt):
-                self._unique(seen, "param", st.name, st.name_span)
+                self._unique(st.name, st.name_span)
                 params.append(st)
             elif isinstance(st, S.BlockDef):
-                self._unique(seen, "block", st.name, st.name_span)
-                if st.name in REGISTRY:
-                    raise ArchError(f"block '{st.name}' has the name of a built-in layer; choose another", st.name_span)
-                self.blocks[st.name] = st
+                self._define(st)
             else:
                 layer_stmts.append(st)
         for kind, stmts in (("input", inputs), ("train", trains)):
@@ -124,12 +146,68 @@ class _Expander:
                             where=src.name)
         return Plan(src, tuple(input_shape) if input_shape else None, env, recipe, steps, tuple(self.blocks))
 
+    def _unique(self, name: str, span: Span) -> None:
+        if name in self.seen:
+            first = self.seen[name]
+            at = f"{first.line}:{first.column}" if first.source is span.source else first.where
+            raise ArchError(f"'{name}' is defined twice", span, notes=(f"first defined at {at}",))
+        self.seen[name] = span
+
+    def _define(self, block: S.BlockDef, foreign: bool = False) -> None:
+        self._unique(block.name, block.name_span)
+        if block.name in REGISTRY:
+            raise ArchError(f"block '{block.name}' has the name of a built-in layer; choose another", block.name_span)
+        self.blocks[block.name] = block
+        if foreign:
+            self.foreign.add(block.name)
+
+    # Includes ---------------------------------------------------------------
+
+    def _include(self, st: S.IncludeStmt, chain: tuple[Path, ...]) -> None:
+        """Bring in the blocks of another file; `chain` is the files including it, to catch cycles."""
+        path = self._resolve(st)
+        if path in chain:
+            names = " -> ".join(p.name for p in chain[chain.index(path):] + (path,))
+            raise ArchError(f"include cycle: {names}", st.span)
+        if path in self.included:
+            return  # included twice along different routes: once is enough
+        self.included.add(path)
+        name = f"stdlib/{path.name}" if path.parent == STDLIB else _display(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ArchError(f"cannot read {name}: {e}", st.span) from None
+        for inner in parse_source(Source(name, text)).statements:
+            if isinstance(inner, S.IncludeStmt):
+                self._include(inner, chain + (path,))
+            elif isinstance(inner, S.BlockDef):
+                self._define(inner, foreign=True)
+            else:
+                raise ArchError("an included file may only define blocks and include other files", inner.span,
+                                notes=(f"included at {st.span.where}",))
+
     @staticmethod
-    def _unique(seen: dict[str, Span], kind: str, name: str, span: Span) -> None:
-        if name in seen:
-            first = seen[name]
-            raise ArchError(f"'{name}' is defined twice", span, notes=(f"first defined at {first.line}:{first.column}",))
-        seen[name] = span
+    def _resolve(st: S.IncludeStmt) -> Path:
+        """`include NAME` is the standard library's NAME.arch; `include "file.arch"` is relative to the includer."""
+        library = sorted(p.stem for p in STDLIB.glob("*.arch"))
+        if not st.quoted:
+            path = STDLIB / f"{st.target}.arch"
+            if path.is_file():
+                return path
+            raise ArchError(f"no block library '{st.target}'{did_you_mean(st.target, library)} (the standard "
+                            f"library has {', '.join(library)}; include your own file by its quoted path: "
+                            f'include "blocks.arch")', st.span)
+        source = st.span.source.name
+        if source.startswith("stdlib/"):
+            base = STDLIB
+        elif source == "<string>":
+            base = Path.cwd()
+        else:
+            base = Path(source).resolve().parent
+        path = (base / st.target).resolve()
+        if not path.is_file():
+            raise ArchError(f"cannot find {_display(path)} to include", st.span)
+        return path
 
     def _params(self, stmts: list[S.ParamStmt], overrides: dict[str, Any]) -> dict[str, Value]:
         declared = [p.name for p in stmts]
@@ -179,6 +257,11 @@ class _Expander:
                                                                 item.count.span)
                 self._grow(len(body) * (n - 1), item.span)
                 out += body * n
+            elif isinstance(item, S.Choice):
+                taken = Bool().convert(evaluate(item.condition, env), "an if condition", item.condition.span)
+                chosen = item.then if taken else item.otherwise
+                if chosen is not None:
+                    out += self._items(chosen.items, env)
             elif item.name in self.blocks:
                 out.append(self._block(item, env))
             else:
@@ -190,15 +273,14 @@ class _Expander:
         if self.count > MAX_LAYERS:
             raise ArchError(f"the spec unrolls to more than {MAX_LAYERS:,} layers; check the repeat counts", span)
 
-    def _given(self, call: S.Call, env: Mapping[str, Value], takes_paths: bool) -> list[Given]:
+    def _given(self, call: S.Call, env: Mapping[str, Value]) -> list[Given]:
+        """The call's arguments, evaluated; [ path ] arguments are the caller's business."""
         given = []
         for a in call.args:
             if isinstance(a, S.Tag):
                 given.append(Given("tag", a.letter, a.value, a.span))
             elif isinstance(a, S.PathArg):
-                if not takes_paths:
-                    raise ArchError(f"{call.name} takes no [ ... ] path arguments", a.span)
-                given.append(Given("positional", None, a, a.span))
+                continue
             else:
                 key = a.name if isinstance(a, S.Keyword) else None
                 value = evaluate(a.value, env)
@@ -211,9 +293,15 @@ class _Expander:
             names = list(REGISTRY) + list(self.blocks)
             hint = did_you_mean(call.name, names) or " (`archdsl layers` lists them)"
             raise ArchError(f"unknown layer '{call.name}'{hint}", call.name_span)
-        bound = bind(call.name, ldef.args, self._given(call, env, ldef.takes_paths), call.span)
+        path_args = [a for a in call.args if isinstance(a, S.PathArg)]
+        if path_args and not ldef.takes_paths:
+            raise ArchError(f"{call.name} takes no [ ... ] path arguments", path_args[0].span)
+        if ldef.takes_paths and len(path_args) < 2:
+            raise ArchError(f"{call.name} joins two or more paths: {call.name}([ ... ], [ ... ])", call.span)
+        bound = bind(call.name, ldef.args, self._given(call, env), call.span)
+        paths = tuple(PathStep(tuple(self._items(a.path.items, env)), a.span) for a in path_args)
         self._grow(1, call.span)
-        return LayerStep(ldef, check_layer_args(ldef, bound), call.span)
+        return LayerStep(ldef, check_layer_args(ldef, bound), call.span, paths)
 
     def _block(self, call: S.Call, env: Mapping[str, Value]) -> BlockStep:
         bdef = self.blocks[call.name]
@@ -221,14 +309,17 @@ class _Expander:
             chain = " -> ".join(self.stack[self.stack.index(call.name):] + [call.name])
             raise ArchError(f"block '{call.name}' calls itself ({chain}); recursion is not allowed", call.span)
         schema = [Arg(p.name, default=REQUIRED if p.default is None else p.default) for p in bdef.params]
-        given = self._given(call, env, takes_paths=False)
+        for a in call.args:
+            if isinstance(a, S.PathArg):
+                raise ArchError(f"block {call.name} takes no [ ... ] path arguments", a.span)
+        given = self._given(call, env)
         for g in given:
             if g.how == "tag":
                 raise ArchError(f"block {call.name} takes no tags; write {g.key}=... with one of its argument names",
                                 g.span)
         bound = bind(call.name, schema, given, call.span, what="block")
         # Lexical scope: the block sees the spec's params and its own arguments, not the caller's.
-        scope = dict(self.globals)
+        scope = {} if call.name in self.foreign else dict(self.globals)
         for p in bdef.params:
             scope[p.name] = bound.values[p.name] if p.name in bound.values else evaluate(p.default, scope)
         self.stack.append(call.name)

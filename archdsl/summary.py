@@ -79,7 +79,7 @@ class Summary:
         rows = [r for r in self.rows if depth is None or r.depth <= depth]
         head = ("#", "layer", "module", "output shape", "params", "at")
         body = [(str(r.index), "  " * r.depth + r.layer, compact(r.module), _shape(r.output_shape), f"{r.params:,}",
-                 f"{r.line}:{r.column}") for r in rows]
+                 f"{r.line}:{r.column}" if r.span.source.name == self.spec else r.span.where) for r in rows]
         widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head))]
         right = {0, 4}  # numbers align right
 

@@ -28,7 +28,7 @@ class Name:
 
 @dataclass(frozen=True)
 class BinOp:
-    op: str  # one of + - * / //
+    op: str  # one of + - * / // == != < <= > >=
     left: Expr
     right: Expr
     span: Span
@@ -97,7 +97,17 @@ class Group:
     span: Span
 
 
-Item = Union[Call, Group]
+@dataclass(frozen=True)
+class Choice:
+    """`if cond [ path ] else [ path ]`: one path or the other, chosen when the spec is expanded."""
+
+    condition: Expr
+    then: Path
+    otherwise: Path | None
+    span: Span
+
+
+Item = Union[Call, Group, Choice]
 
 
 @dataclass(frozen=True)
@@ -111,6 +121,15 @@ class Path:
 @dataclass(frozen=True)
 class InputStmt:
     dims: tuple[int, ...]  # C x H x W, batch excluded
+    span: Span
+
+
+@dataclass(frozen=True)
+class IncludeStmt:
+    """`include resnet` (a sibling file or the standard library) or `include "path/blocks.arch"`."""
+
+    target: str
+    quoted: bool  # a "path" rather than a name
     span: Span
 
 
@@ -159,7 +178,7 @@ class LayersStmt:
     span: Span
 
 
-Statement = Union[InputStmt, ParamStmt, TrainStmt, BlockDef, LayersStmt]
+Statement = Union[InputStmt, IncludeStmt, ParamStmt, TrainStmt, BlockDef, LayersStmt]
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from torch import nn
 
 from .errors import ArchError, ShapeError
 from .layers import fmt
-from .plan import BlockStep, LayerStep, Plan, Step
+from .plan import BlockStep, LayerStep, PathStep, Plan, Step
 from .registry import ShapeProblem
 from .summary import Row, Summary
 
@@ -52,6 +52,14 @@ def _trace(steps: tuple[Step, ...], x: torch.Tensor, prefix: str, depth: int, ro
             inner, x = _trace(step.steps, x, f"{name}.", depth + 1, rows, (*callers, step))
             module = nn.Sequential(*inner)
             rows[at] = Row(at + 1, name, depth, "block", text, "Sequential", tuple(x.shape), _count(module), step.span)
+        elif step.paths:
+            at = len(rows)
+            rows.append(None)
+            paths = [_trace_path(path, j, x, f"{name}.paths.{j}", depth + 1, rows, callers)
+                     for j, path in enumerate(step.paths)]
+            module, x = _run(step, x, callers, paths)
+            text = f"{step.layer.name}({', '.join(['[…]'] * len(paths))})"  # the paths have rows of their own
+            rows[at] = Row(at + 1, name, depth, "join", text, _one_line(module), tuple(x.shape), _count(module), step.span)
         else:
             module, x = _run(step, x, callers)
             rows.append(Row(len(rows) + 1, name, depth, "layer", text, repr(module), tuple(x.shape), _count(module),
@@ -60,14 +68,38 @@ def _trace(steps: tuple[Step, ...], x: torch.Tensor, prefix: str, depth: int, ro
     return modules, x
 
 
-def _run(step: LayerStep, x: torch.Tensor, callers: tuple[BlockStep, ...]) -> tuple[nn.Module, torch.Tensor]:
+def _trace_path(path: PathStep, j: int, x: torch.Tensor, name: str, depth: int, rows: list[Row | None],
+                callers: tuple[BlockStep, ...]) -> tuple[nn.Module, tuple[int, ...]]:
+    """One [ path ] of a join, run on the join's input: its own row, then its layers."""
+    at = len(rows)
+    rows.append(None)
+    inner, y = _trace(path.steps, x, f"{name}.", depth + 1, rows, callers)
+    module = nn.Sequential(*inner)
+    text = _clip(" ".join(path.span.text.split()))
+    rows[at] = Row(at + 1, name, depth, "path", text, "Sequential", tuple(y.shape), _count(module), path.span)
+    return module, tuple(y.shape)
+
+
+def _clip(text: str, width: int = 48) -> str:
+    return text if len(text) <= width else text[: width - 2] + "…]"
+
+
+def _one_line(module: nn.Module) -> str:
+    """A container's class and settings, without the children its repr would list."""
+    return f"{type(module).__name__}({module.extra_repr()})"
+
+
+def _run(step: LayerStep, x: torch.Tensor, callers: tuple[BlockStep, ...],
+         paths: list[tuple[nn.Module, tuple[int, ...]]] | None = None) -> tuple[nn.Module, torch.Tensor]:
     shape = tuple(x.shape)
     text = " ".join(step.span.text.split())
+    if paths is not None:  # a join: name it by what it is, not by its whole text
+        text = step.layer.name
     notes = tuple(f"in block {b.name}, called at {b.span.line}:{b.span.column}: {' '.join(b.span.text.split())}"
                   for b in reversed(callers))
     try:
         with torch.device("meta"):
-            module = step.layer.build(shape, step.args)
+            module = step.layer.build(shape, step.args, *([paths] if paths is not None else []))
         module.eval()  # shapes do not depend on the mode, and batch norm refuses batch 1 in training
         with torch.no_grad():
             y = module(x)

@@ -7,6 +7,7 @@ whole number is needed instead of being silently floored.
 from __future__ import annotations
 
 import difflib
+import operator
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Mapping, Union
@@ -17,6 +18,9 @@ from .errors import ArchError, Span
 Value = Union[Fraction, bool]
 
 BUILTIN_NAMES: dict[str, Value] = {"true": True, "false": False}
+
+_COMPARE = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt,
+            ">=": operator.ge}
 
 
 def did_you_mean(name: str, choices) -> str:
@@ -49,6 +53,11 @@ def evaluate(expr: S.Expr, env: Mapping[str, Value]) -> Value:
         raise ArchError(f"unknown name '{expr.id}'{hint}", expr.span)
     if isinstance(expr, S.Neg):
         return -_number(evaluate(expr.operand, env), expr.operand.span)
+    if expr.op in _COMPARE:
+        a, b = evaluate(expr.left, env), evaluate(expr.right, env)
+        if expr.op not in ("==", "!=") or isinstance(a, bool) != isinstance(b, bool):
+            a, b = _number(a, expr.left.span), _number(b, expr.right.span)
+        return _COMPARE[expr.op](a, b)
     left = _number(evaluate(expr.left, env), expr.left.span)
     right = _number(evaluate(expr.right, env), expr.right.span)
     if expr.op == "+":

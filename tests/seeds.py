@@ -81,3 +81,43 @@ def vgg(ratio: int = 1) -> nn.Sequential:
         in_channels = out_channels // ratio
     return nn.Sequential(*blocks, nn.Flatten(), nn.Linear(in_channels * 7 * 7, 4096), nn.ReLU(), nn.Dropout(0.5),
                          nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(0.5), nn.Linear(4096, 10))
+
+
+# d2l's modern CNNs (chapter 8), as their notebooks print them at the top level.
+NIN = [
+    ("Sequential", (1, 96, 54, 54)), ("MaxPool2d", (1, 96, 26, 26)),
+    ("Sequential", (1, 256, 26, 26)), ("MaxPool2d", (1, 256, 12, 12)),
+    ("Sequential", (1, 384, 12, 12)), ("MaxPool2d", (1, 384, 5, 5)),
+    ("Dropout", (1, 384, 5, 5)), ("Sequential", (1, 10, 5, 5)),
+    ("AdaptiveAvgPool2d", (1, 10, 1, 1)), ("Flatten", (1, 10)),
+]
+GOOGLENET = [
+    ("Sequential", (1, 64, 24, 24)), ("Sequential", (1, 192, 12, 12)), ("Sequential", (1, 480, 6, 6)),
+    ("Sequential", (1, 832, 3, 3)), ("Sequential", (1, 1024)), ("Linear", (1, 10)),
+]
+RESNET18 = [
+    ("Sequential", (1, 64, 24, 24)), ("Sequential", (1, 64, 24, 24)), ("Sequential", (1, 128, 12, 12)),
+    ("Sequential", (1, 256, 6, 6)), ("Sequential", (1, 512, 3, 3)),
+    ("AdaptiveAvgPool2d", (1, 512, 1, 1)), ("Flatten", (1, 512)), ("Linear", (1, 10)),
+]
+DENSENET = [  # channels: 64 + 4 * 32 = 192, halved to 96, + 128 = 224, 112, 240, 120, 248
+    ("Sequential", (1, 64, 24, 24)),
+    ("Sequential", (1, 192, 24, 24)), ("Sequential", (1, 96, 12, 12)),
+    ("Sequential", (1, 224, 12, 12)), ("Sequential", (1, 112, 6, 6)),
+    ("Sequential", (1, 240, 6, 6)), ("Sequential", (1, 120, 3, 3)),
+    ("Sequential", (1, 248, 3, 3)), ("BatchNorm2d", (1, 248, 3, 3)), ("ReLU", (1, 248, 3, 3)),
+    ("AdaptiveAvgPool2d", (1, 248, 1, 1)), ("Flatten", (1, 248)), ("Linear", (1, 10)),
+]
+LENET_BN = [
+    ("Conv2d", (1, 6, 24, 24)), ("BatchNorm2d", (1, 6, 24, 24)), ("Sigmoid", (1, 6, 24, 24)),
+    ("AvgPool2d", (1, 6, 12, 12)), ("Conv2d", (1, 16, 8, 8)), ("BatchNorm2d", (1, 16, 8, 8)),
+    ("Sigmoid", (1, 16, 8, 8)), ("AvgPool2d", (1, 16, 4, 4)), ("Flatten", (1, 256)),
+    ("Linear", (1, 120)), ("BatchNorm1d", (1, 120)), ("Sigmoid", (1, 120)),
+    ("Linear", (1, 84)), ("BatchNorm1d", (1, 84)), ("Sigmoid", (1, 84)), ("Linear", (1, 10)),
+]
+
+# d2l's recipes for them: (resize, batch, lr, epochs)
+MODERN_RECIPES = {
+    "nin": (224, 128, 0.1, 10), "googlenet": (96, 128, 0.1, 10), "resnet18": (96, 256, 0.05, 10),
+    "densenet": (96, 256, 0.1, 10), "lenet-bn": (None, 256, 1.0, 10),
+}

@@ -70,7 +70,8 @@ def test_the_seed_loop_prints_the_seed_shapes():
     assert out.getvalue().splitlines() == expected
 
 
-@pytest.mark.parametrize("spec", sorted(SPECS.glob("*.arch")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("spec", sorted(SPECS.rglob("*.arch")),
+                         ids=lambda p: str(p.relative_to(SPECS)))
 def test_traced_shapes_equal_a_real_forward_pass(spec):
     """The property that makes tracing trustworthy: every row's shape is what torch computes."""
     summary = archdsl.trace(spec, batch=2)
