@@ -9,7 +9,7 @@ from pathlib import Path as FsPath
 from typing import Iterator
 
 from lark import Lark, Token, Transformer, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
 from . import syntax as S
 from .errors import ArchError, Source, Span, SpecSyntaxError
@@ -82,6 +82,10 @@ def parse_source(source: Source) -> S.Spec:
         return _ToSyntax(source).transform(tree)
     except UnexpectedInput as e:
         raise _syntax_error(e, source) from None
+    except VisitError as e:  # a transformer method refused a token
+        if isinstance(e.orig_exc, ArchError):
+            raise e.orig_exc from None
+        raise
     except RecursionError:
         raise SpecSyntaxError("the spec nests brackets too deeply", where=source.name) from None
 
@@ -105,6 +109,8 @@ class _ToSyntax(Transformer):
         return S.Spec(tuple(statements), self.src)
 
     def input_stmt(self, meta, shape):
+        if any(len(d) > 9 for d in shape.split("x")):
+            raise SpecSyntaxError(f"input {shape} is too large to be meant", self.sp(meta))
         return S.InputStmt(tuple(int(d) for d in shape.split("x")), self.sp(meta))
 
     def include_stmt(self, meta, target):
@@ -160,6 +166,9 @@ class _ToSyntax(Transformer):
         return S.PathArg(path, self.sp(meta))
 
     def number(self, meta, tok):
+        mantissa, _, exponent = str(tok).lower().partition("e")
+        if len(mantissa) > 30 or (exponent and abs(int(exponent)) > 30):
+            raise SpecSyntaxError(f"number {tok} is too large to be meant", self.sp(meta))
         return S.Number(Fraction(str(tok)), self.sp(meta))
 
     def name(self, meta, tok):

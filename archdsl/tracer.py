@@ -106,7 +106,7 @@ def _run(step: LayerStep, x: torch.Tensor, callers: tuple[BlockStep, ...],
         module.train()
     except ShapeProblem as e:
         raise ShapeError(f"{text} gets {fmt(shape)}: {e}", step.span, notes=notes) from None
-    except (RuntimeError, ValueError, IndexError) as e:  # what torch itself refuses
+    except (RuntimeError, ValueError, IndexError, OverflowError, TypeError) as e:  # what torch itself refuses
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ShapeError(f"{text} gets {fmt(shape)}: {reason}", step.span, notes=notes) from None
     if any(d == 0 for d in y.shape):

@@ -17,6 +17,8 @@ from .errors import ArchError, Span
 
 Value = Union[Fraction, bool]
 
+MAX_INT = 2**31 - 1  # sizes beyond this are typos, and some torch kernels take int32
+
 BUILTIN_NAMES: dict[str, Value] = {"true": True, "false": False}
 
 _COMPARE = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt,
@@ -125,6 +127,8 @@ class Int:
         if self.min is not None and v < self.min:
             bound = "positive" if self.min == 1 else f"at least {self.min}"
             raise ArchError(f"{what} must be {bound}, not {show(v)}", span)
+        if abs(v) > MAX_INT:
+            raise ArchError(f"{what} is {show(v)}, more than any network can use (at most {MAX_INT:,})", span)
         return int(v)
 
     def describe(self) -> str:

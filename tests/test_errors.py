@@ -156,3 +156,13 @@ def test_bad_input_shape_argument():
 def test_deep_nesting_is_an_error_not_a_crash():
     e = error_of("input 4\n" + "[" * 5000 + "relu" + "]" * 5000)
     assert "nest" in e.message
+
+
+@pytest.mark.parametrize("text, words", [
+    ("input 3x8x8; conv(99999999999999999999, k3)", "more than any network can use"),
+    ("input 3x8x8; conv(1e99999999, k3)", "number 1e99999999 is too large to be meant"),
+    ("input 99999999999x3; relu", "input 99999999999x3 is too large to be meant"),
+    ("input 3x8x8; conv(2147483647, k3) flatten linear(2147483647)", "linear(2147483647) gets (1, 77309411292)"),
+])
+def test_absurd_sizes_are_errors_not_hangs_or_crashes(text, words):
+    assert words in error_of(text).message
