@@ -5,7 +5,7 @@ The plan is what the tracer builds from; nothing after this point looks at the s
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Mapping, Union
@@ -81,7 +81,6 @@ class Plan:
     params: dict[str, Value]
     recipe: Recipe | None
     steps: tuple[Step, ...]
-    blocks: tuple[str, ...] = field(default=())
 
 
 def expand(spec: S.Spec, overrides: Mapping[str, Any] | None = None,
@@ -144,7 +143,7 @@ class _Expander:
             span = inputs[0].span if inputs and input_shape == inputs[0].dims else None
             raise ArchError(f"input sizes must be positive, not {'x'.join(map(str, input_shape))}", span,
                             where=src.name)
-        return Plan(src, tuple(input_shape) if input_shape else None, env, recipe, steps, tuple(self.blocks))
+        return Plan(src, tuple(input_shape) if input_shape else None, env, recipe, steps)
 
     def _unique(self, name: str, span: Span) -> None:
         if name in self.seen:
