@@ -50,8 +50,8 @@ class LayerDef:
     takes_paths: bool = False  # joins the paths given as [ ... ] arguments
 
     def signature(self) -> str:
-        inner = ", ".join(a.signature() for a in self.args)
-        return f"{self.name}({inner})" if self.args else self.name
+        parts = (["[path]", "[path]", "..."] if self.takes_paths else []) + [a.signature() for a in self.args]
+        return f"{self.name}({', '.join(parts)})" if parts else self.name
 
 
 REGISTRY: dict[str, LayerDef] = {}
