@@ -5,6 +5,7 @@ Plain data, no torch: the tracer fills it in.
 
 from __future__ import annotations
 
+import html
 import re
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -100,8 +101,22 @@ class Summary:
     def __str__(self) -> str:
         return self.table()
 
-    def _repr_pretty_(self, p: Any, cycle: bool) -> None:  # IPython / Jupyter show the table
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:  # IPython's text display
         p.text(self.table())
+
+    def _repr_html_(self) -> str:  # Jupyter's rich display: the same table as HTML
+        cells = ("#", "layer", "module", "output shape", "params", "at")
+        head = "".join(f"<th>{c}</th>" for c in cells)
+        body = "".join(
+            "<tr>" + "".join(f"<td style='text-align:{a}'>{html.escape(v)}</td>" for a, v in zip(
+                ("right", "left", "left", "left", "right", "left"),
+                (str(r.index), "\u2003" * r.depth + r.layer, compact(r.module), _shape(r.output_shape),
+                 f"{r.params:,}", f"{r.line}:{r.column}"))) + "</tr>"
+            for r in self.rows)
+        foot = (f"Total params: {self.total_params:,} &middot; output {_shape(self.output_shape)}" if self.complete
+                else f"stopped at a shape error; params so far: {self.total_params:,}")
+        return (f"<div><b>{html.escape(self.spec)}</b>: input {_shape(self.input_shape)}"
+                f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{foot}</div>")
 
 
 _SQUARE = re.compile(r"\((\d+)(?:, \1)+\)")  # (3, 3) -> 3
