@@ -80,7 +80,7 @@ class Summary:
         rows = [r for r in self.rows if depth is None or r.depth <= depth]
         head = ("#", "layer", "module", "output shape", "params", "at")
         body = [(str(r.index), "  " * r.depth + r.layer, compact(r.module), _shape(r.output_shape), f"{r.params:,}",
-                 f"{r.line}:{r.column}" if r.span.source.name == self.spec else r.span.where) for r in rows]
+                 self._at(r)) for r in rows]
         widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head))]
         right = {0, 4}  # numbers align right
 
@@ -98,6 +98,10 @@ class Summary:
             out.append(f"Params up to the failing layer: {self.total_params:,}")
         return "\n".join(out)
 
+    def _at(self, row: Row) -> str:
+        """line:col in the spec; file:line:col for a layer of an included file."""
+        return f"{row.line}:{row.column}" if row.span.source.name == self.spec else row.span.where
+
     def __str__(self) -> str:
         return self.table()
 
@@ -111,7 +115,7 @@ class Summary:
             "<tr>" + "".join(f"<td style='text-align:{a}'>{html.escape(v)}</td>" for a, v in zip(
                 ("right", "left", "left", "left", "right", "left"),
                 (str(r.index), "\u2003" * r.depth + r.layer, compact(r.module), _shape(r.output_shape),
-                 f"{r.params:,}", f"{r.line}:{r.column}"))) + "</tr>"
+                 f"{r.params:,}", self._at(r)))) + "</tr>"
             for r in self.rows)
         foot = (f"Total params: {self.total_params:,} &middot; output {_shape(self.output_shape)}" if self.complete
                 else f"stopped at a shape error; params so far: {self.total_params:,}")
