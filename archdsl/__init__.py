@@ -17,13 +17,14 @@ from .parser import parse
 
 __version__ = "0.1.0"
 
-__all__ = ["ArchError", "ShapeError", "SpecSyntaxError", "Summary", "build", "parse", "trace"]
+__all__ = ["ArchError", "ShapeError", "SpecSyntaxError", "Summary", "build", "parse", "trace", "train"]
 
 if TYPE_CHECKING:
     from .api import build, trace
     from .summary import Summary
+    from .trainer import train
 
-_LAZY = {"build": "api", "trace": "api", "Summary": "summary"}
+_LAZY = {"build": "api", "trace": "api", "Summary": "summary", "train": "trainer"}
 
 
 def __getattr__(name: str) -> Any:  # PEP 562: import torch only when it is needed

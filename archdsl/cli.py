@@ -117,6 +117,123 @@ def layers() -> None:
         typer.echo(f"    {ldef.doc}" + (f"  Tags: {tags}." if tags else ""))
 
 
+# Training ---------------------------------------------------------------------
+
+DATASET_HELP = "fashion-mnist, mnist, cifar10, or synthetic (small, made in memory, for smoke tests)."
+
+
+@app.command()
+def train(
+    spec: Optional[str] = typer.Argument(None, help=SPEC_HELP + " May be left out with --resume.",
+                                         show_default=False),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs to train.", show_default=False),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Examples per step.", show_default=False),
+    lr: Optional[float] = typer.Option(None, "--lr", help="SGD learning rate.", show_default=False),
+    resize: Optional[int] = typer.Option(None, "--resize", show_default=False,
+                                         help="Resize images so the smaller edge is N, like transforms.Resize(N), "
+                                              "on the device."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help=DATASET_HELP, show_default=False),
+    data_root: Optional[str] = typer.Option(None, "--data-root", show_default=False,
+                                            help="Look for the data set here first (then $ARCHDSL_DATA, the per-user "
+                                                 "cache, system packages, then a download)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for the weights, data order and dropout (default: 0).",
+                                       show_default=False),
+    out: Optional[str] = typer.Option(None, "--out", "-o", show_default=False,
+                                      help="The run directory to write, new or empty "
+                                           "(default: runs/<spec name>/<timestamp>)."),
+    set_: List[str] = typer.Option([], "--set", "-s", help=SET_HELP, show_default=False),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N training examples (quick runs).",
+                                        show_default=False),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    input: Optional[str] = typer.Option(None, "--input", "-i", help=INPUT_HELP, show_default=False),
+    resume: Optional[str] = typer.Option(None, "--resume", help="Continue this run directory from its last checkpoint.",
+                                         show_default=False),
+    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", show_default=False,
+                                       help="bf16 autocast (default: on for CUDA)."),
+    channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", show_default=False,
+                                                 help="channels_last memory format (default: on for images on CUDA "
+                                                      "and CPU)."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the model (the first epoch pays for it)."),
+    init: Optional[str] = typer.Option(None, "--init", show_default=False,
+                                       help="xavier (default): d2l's Xavier-uniform weights; keep: torch's own init."),
+    download: bool = typer.Option(True, "--download/--no-download",
+                                  help="Let torchvision download a data set found nowhere offline."),
+) -> None:
+    """Train a spec on an image data set: d2l's train_ch6, fast, with a run directory.
+
+    The recipe is the spec's `train` line; flags override any of it.
+
+    Every run writes runs/<spec name>/<timestamp>/: spec, config, metrics, curves.png, checkpoints, weights.
+
+    Ctrl-C saves a checkpoint and prints the command that resumes. More: docs/training.md.
+    """
+
+    def run() -> None:
+        from .progress import PlainReporter, RichReporter
+        from .trainer import Interrupted
+        from .trainer import train as train_model
+
+        reporter = RichReporter() if _stdout_is_terminal() else PlainReporter()
+        try:
+            train_model(spec, epochs=epochs, batch_size=batch_size, lr=lr, resize=resize, dataset=dataset,
+                        data_root=data_root, seed=seed, limit=limit, init=init, device=device, amp=amp,
+                        channels_last=channels_last, compile=compile, download=download, input_shape=input,
+                        params=parse_sets(set_), out=True if out is None else out, resume=resume,
+                        progress=reporter)
+        except Interrupted as e:
+            typer.echo(_interrupted_message(e, spec), err=True)
+            raise typer.Exit(130) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted before training started; nothing was saved", err=True)
+            raise typer.Exit(130) from None
+
+    guarded(run)
+
+
+def _stdout_is_terminal() -> bool:
+    from rich.console import Console
+
+    return Console().is_terminal
+
+
+def _interrupted_message(e: Any, spec: Optional[str]) -> str:
+    import shlex
+
+    if e.run_dir is None:
+        return f"interrupted during epoch {e.epoch}; no run directory, so nothing was saved"
+    spec_arg = [spec] if spec is not None else []
+    command = shlex.join(["archdsl", "train", *spec_arg, "--resume", str(e.run_dir)])
+    saved = f"the state after epoch {e.completed}" if e.completed else "the state before the first epoch"
+    return (f"interrupted during epoch {e.epoch}; {e.run_dir}/checkpoints/last.pt holds {saved}\n"
+            f"resume with: {command}")
+
+
+@app.command("eval")
+def eval_(
+    run_dir: str = typer.Argument(..., help="A run directory: runs/<spec name>/<timestamp>.", show_default=False),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    data_root: Optional[str] = typer.Option(None, "--data-root", show_default=False,
+                                            help="Look for the data set here first (default: the run's)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", show_default=False,
+                                             help="Examples per evaluation batch (default: the run's)."),
+    download: bool = typer.Option(True, "--download/--no-download",
+                                  help="Let torchvision download a data set found nowhere offline."),
+) -> None:
+    """Test accuracy of a run's best (or last) checkpoint on the whole test set."""
+
+    def run() -> None:
+        from .trainer import evaluate_run
+
+        r = evaluate_run(run_dir, checkpoint, device=device, data_root=data_root, download=download,
+                         batch_size=batch_size)
+        typer.echo(f"{r.checkpoint}: epoch {r.epoch} of {r.epochs}")
+        recorded = f" (measured during training: {r.recorded_test_acc:.3f})" if r.recorded_test_acc is not None else ""
+        typer.echo(f"test acc {r.test_acc:.3f} on {r.examples:,} {r.dataset} test images on {r.device}{recorded}")
+
+    guarded(run)
+
+
 def main() -> None:
     try:
         app()

@@ -1,0 +1,946 @@
+"""The shared trainer: d2l's `train_ch6`, with its numbers, fast by construction.
+
+Semantics, so the seeds' results are reproduced: Xavier-uniform weights for every Linear and
+Conv (biases keep torch's default, as d2l's `init_weights`), plain SGD, cross-entropy; per epoch
+the mean training loss, the training accuracy, and the accuracy on the *whole* test set with
+the model in eval mode (one seed's `evaluate_accuracy_gpu` returns after the first batch; not
+here). Images are scaled to [0, 1] like ToTensor, not normalized, and resized like
+`transforms.Resize(n)`. Batches keep d2l's order of work and its last, partial batch.
+
+Speed, without changing those numbers beyond float rounding:
+- the data set sits on the device as uint8; a batch is a slice of a permutation that lives on
+  the device, gathered there: no DataLoader, no workers, no per-batch host-to-device copy;
+- resizing happens on the device per batch (bilinear + antialias: PIL's Resize within 1/255);
+- loss and accuracy add up in device tensors, read once per epoch: no host sync per batch;
+- on the CPU, denormal floats are flushed to zero while training: sigmoid nets such as LeNet
+  make many in their first epoch, and each costs ~100x a normal multiply (measured: LeNet's first
+  epoch 18 s -> 4 s on a 2-core CPU, same accuracy); the setting is put back afterwards;
+- on the CPU with glibc, freed memory is kept for reuse (see `keep_freed_memory`): without it
+  every step's activations are unmapped and page-faulted back in (measured: 15-19% system time,
+  epochs 25-35% slower for LeNet);
+- on CUDA, channels_last memory format and bf16 autocast by default; optional torch.compile.
+  (Both are off on the CPU by default: for LeNet on a 2-core CPU, channels_last measured within
+  noise of the default layout and far slower when another process competes for the cores, and
+  bf16 measured slower.)
+
+The library never prints: progress goes to a `Reporter` (see archdsl/progress.py for the
+CLI's and the notebook printer).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import difflib
+import hashlib
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import data as D
+from .errors import ArchError
+from .plan import Recipe
+from .runs import RunDir
+
+# Recipe values used when neither the spec's `train` line nor a flag gives one.
+DEFAULTS: dict[str, Any] = {"dataset": "fashion-mnist", "batch_size": 256, "lr": 0.1, "epochs": 10,
+                            "resize": None, "seed": 0, "limit": None, "init": "xavier"}
+# The recipe decides the numbers: a resumed run keeps it (only `epochs` may grow).
+RECIPE_KEYS = tuple(DEFAULTS)
+INITS = ("xavier", "keep")
+FLAGS = {"dataset": "--dataset", "batch_size": "--batch-size", "lr": "--lr", "epochs": "--epochs",
+         "resize": "--resize", "seed": "--seed", "limit": "--limit", "init": "--init"}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A resolved run: the recipe (what the numbers depend on) and how it runs."""
+
+    # recipe
+    dataset: str = "fashion-mnist"
+    batch_size: int = 256
+    lr: float = 0.1
+    epochs: int = 10
+    resize: int | None = None
+    seed: int = 0
+    limit: int | None = None  # use only the first N training examples
+    init: str = "xavier"  # xavier: d2l's init_weights; keep: the weights the model has
+    # runtime: free to differ on resume
+    device: str = "auto"
+    amp: bool | None = None  # bf16 autocast; None: on for CUDA
+    channels_last: bool | None = None  # None: on for image inputs on CUDA
+    compile: bool = False
+    data_root: str | None = None
+    download: bool = True
+
+    def recipe(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in RECIPE_KEYS}
+
+
+def resolve_config(recipe: Recipe | None, given: Mapping[str, Any], **runtime: Any) -> tuple[TrainConfig, dict]:
+    """Flags beat the spec's `train` line, which beats DEFAULTS. Returns the config and where each value came from."""
+    values, sources = dict(DEFAULTS), {k: "default" for k in DEFAULTS}
+    if recipe is not None:
+        for k, v in recipe.to_dict().items():
+            values[k], sources[k] = v, "spec"
+    for k, v in given.items():
+        values[k], sources[k] = v, FLAGS[k]
+    config = TrainConfig(**values, **runtime)
+    check_config(config)
+    return config, sources
+
+
+def check_config(c: TrainConfig) -> None:
+    """Refuse values that cannot work, naming the flag and a value that would."""
+    D.check_dataset(c.dataset)
+    _whole(c.epochs, "epochs", 1, "--epochs 10")
+    _whole(c.batch_size, "batch size", 1, "--batch-size 256")
+    if c.resize is not None:
+        _whole(c.resize, "resize", 1, "--resize 224")
+    if c.limit is not None:
+        _whole(c.limit, "limit", 1, "--limit 1000")
+    _whole(c.seed, "seed", 0, "--seed 0")
+    if isinstance(c.lr, bool) or not isinstance(c.lr, (int, float)) or not math.isfinite(c.lr) or c.lr <= 0:
+        raise ArchError(f"lr must be a positive number, such as --lr 0.1, not {c.lr!r}")
+    if c.init not in INITS:
+        raise ArchError(f"init must be one of {', '.join(INITS)}, not {c.init!r}")
+
+
+def _whole(v: Any, what: str, lo: int, example: str) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        bound = "a positive whole number" if lo == 1 else f"a whole number >= {lo}"
+        raise ArchError(f"{what} must be {bound}, such as {example}, not {v!r}")
+
+
+# Devices -------------------------------------------------------------------
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps; one that is not there is an ArchError."""
+    text = str(name).strip().lower()
+    mps_ok = hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
+    if text == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("mps") if mps_ok else torch.device("cpu")
+    if text == "cpu":
+        return torch.device("cpu")
+    if text == "cuda" or text.startswith("cuda:"):
+        index_text = text[5:]
+        if text != "cuda" and not index_text.isdigit():
+            raise ArchError(f"--device {name}: a CUDA device is cuda or cuda:N, such as cuda:0")
+        if not torch.cuda.is_available():
+            why = "this torch has no CUDA support" if torch.version.cuda is None else "it sees no GPU"
+            raise ArchError(f"--device {name}: CUDA is not available on this machine (torch {torch.__version__}: "
+                            f"{why}); use --device cpu, or --device auto to take what there is")
+        count = torch.cuda.device_count()
+        index = int(index_text) if index_text else torch.cuda.current_device()
+        if index >= count:
+            raise ArchError(f"--device {name}: this machine has {count} CUDA device{'s' * (count != 1)} "
+                            f"(cuda:0{f' to cuda:{count - 1}' if count > 1 else ''})")
+        return torch.device("cuda", index)
+    if text == "mps":
+        if not mps_ok:
+            raise ArchError(f"--device {name}: Apple's MPS is not available on this machine; use --device cpu")
+        return torch.device("mps")
+    raise ArchError(f"unknown device {str(name)!r}; use auto, cpu, cuda, cuda:N or mps")
+
+
+@contextlib.contextmanager
+def flush_denormals(device: torch.device) -> Iterator[None]:
+    """On the CPU, treat denormal floats as zero for the duration (see the module doc); then put it back.
+
+    torch has no getter for this process-wide flag; its default, off, is what is restored.
+    """
+    on = device.type == "cpu" and torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if on:
+            torch.set_flush_denormal(False)
+
+
+_MALLOC_TUNED: bool | None = None
+
+
+def keep_freed_memory() -> bool:
+    """Tell glibc's malloc to keep freed blocks for reuse instead of returning them to the OS.
+
+    PyTorch's CPU allocator frees each step's activations and gradients; glibc unmaps blocks
+    above its mmap threshold and trims the heap top, so the next step page-faults the same
+    megabytes in again. Raising the thresholds (32 MiB blocks, 1 GiB trim, 256 MiB top pad)
+    removes that cost at the price of a process that keeps its peak memory. Process-wide and
+    done once; a no-op (False) where the C library has no mallopt (macOS, musl, Windows).
+    """
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED is None:
+        _MALLOC_TUNED = False
+        if sys.platform.startswith("linux"):
+            try:
+                mallopt = ctypes.CDLL("libc.so.6").mallopt
+                M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+                _MALLOC_TUNED = all(mallopt(k, v) == 1 for k, v in (
+                    (M_MMAP_THRESHOLD, 32 << 20), (M_TRIM_THRESHOLD, 1 << 30), (M_TOP_PAD, 256 << 20)))
+            except (OSError, AttributeError):
+                pass
+    return _MALLOC_TUNED
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+# Inputs: uint8 on the device -> the float batch the model takes --------------
+
+def resized_hw(h: int, w: int, size: int) -> tuple[int, int]:
+    """The (H, W) `transforms.Resize(size)` gives: the smaller edge becomes `size`, the aspect ratio stays."""
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = size, int(size * long / short)
+    return (new_long, new_short) if w <= h else (new_short, new_long)
+
+
+def images_to_input(x: torch.Tensor, size: tuple[int, int] | None = None, channels_last: bool = False) -> torch.Tensor:
+    """uint8 images (B, C, H, W) -> float (B, C, H', W') in [0, 1], on their own device.
+
+    Equal to PIL's `transforms.Resize` then `ToTensor` within 1/255: the same bilinear
+    filter with antialias (which matters when shrinking), without PIL's rounding to 8 bits.
+    """
+    x = x.float().div_(255)  # (B, C, H, W), like ToTensor
+    if size is not None and tuple(x.shape[-2:]) != tuple(size):
+        x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def init_weights(m: nn.Module) -> None:
+    """d2l's init_weights: Xavier-uniform weights for Linear and Conv layers; biases untouched."""
+    if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        nn.init.xavier_uniform_(m.weight)
+
+
+# What a run produces --------------------------------------------------------
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One finished epoch: d2l's three metrics and how long it took.
+
+    `train_time` is the training phase (every step, with the batch gathering and resizing),
+    measured with one device sync at its end; `epoch_time` adds the test pass.
+    """
+
+    epoch: int
+    train_loss: float  # mean over the epoch's training examples
+    train_acc: float
+    test_acc: float  # on the whole test set
+    examples: int  # training examples this epoch
+    train_time: float
+    epoch_time: float
+
+    @property
+    def step_examples_per_sec(self) -> float:
+        """d2l's figure: training examples / time inside training steps."""
+        return self.examples / self.train_time if self.train_time > 0 else float("nan")
+
+    @property
+    def wall_examples_per_sec(self) -> float:
+        """Training examples / the whole epoch's wall time, test pass included."""
+        return self.examples / self.epoch_time if self.epoch_time > 0 else float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["step_examples_per_sec"] = round(self.step_examples_per_sec, 1)
+        d["wall_examples_per_sec"] = round(self.wall_examples_per_sec, 1)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> EpochRecord:
+        return cls(**{f.name: d[f.name] for f in fields(cls)})
+
+
+@dataclass
+class History:
+    """What `train` returns: one record per epoch, the trained model, and where the run lives."""
+
+    records: list[EpochRecord]
+    model: nn.Module
+    device: str
+    run_dir: Path | None = None
+    config: TrainConfig | None = None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __iter__(self) -> Iterator[EpochRecord]:
+        return iter(self.records)
+
+    def __getitem__(self, i: int) -> EpochRecord:
+        return self.records[i]
+
+    def _last(self, key: str) -> float:
+        return getattr(self.records[-1], key) if self.records else float("nan")
+
+    train_loss = property(lambda self: self._last("train_loss"))
+    train_acc = property(lambda self: self._last("train_acc"))
+    test_acc = property(lambda self: self._last("test_acc"))
+
+    @property
+    def metrics(self) -> dict[str, list[float]]:
+        """Per-epoch lists, Keras-style: history.metrics["test_acc"][-1]."""
+        keys = ("epoch", "train_loss", "train_acc", "test_acc")
+        return {k: [getattr(r, k) for r in self.records] for k in keys}
+
+    @property
+    def best(self) -> EpochRecord | None:
+        """The epoch with the highest test accuracy (the first, on ties): what checkpoints/best.pt holds."""
+        return max(self.records, key=lambda r: r.test_acc, default=None) if self.records else None
+
+    @property
+    def examples_per_sec(self) -> float:
+        """d2l's examples/sec: all training examples / the time spent in training steps."""
+        t = sum(r.train_time for r in self.records)
+        return sum(r.examples for r in self.records) / t if t > 0 else float("nan")
+
+    @property
+    def wall_examples_per_sec(self) -> float:
+        """All training examples / the epochs' wall-clock time, test passes included."""
+        t = sum(r.epoch_time for r in self.records)
+        return sum(r.examples for r in self.records) / t if t > 0 else float("nan")
+
+    def summary(self) -> str:
+        """The seed's two closing lines."""
+        return (f"loss {self.train_loss:.3f}, train acc {self.train_acc:.3f}, test acc {self.test_acc:.3f}\n"
+                f"{self.examples_per_sec:.1f} examples/sec on {self.device}")
+
+    def plot(self, title: str = ""):
+        """The training curves as a matplotlib Figure (shown when it is a notebook cell's value)."""
+        from .runs import plot_curves
+
+        epochs = self.config.epochs if self.config else None
+        return plot_curves([r.to_dict() for r in self.records], epochs, title)
+
+    def __repr__(self) -> str:
+        where = f", run_dir={str(self.run_dir)!r}" if self.run_dir else ""
+        if not self.records:
+            return f"History(no epochs{where})"
+        return (f"History({len(self.records)} epochs, train_loss={self.train_loss:.3f}, train_acc={self.train_acc:.3f}, "
+                f"test_acc={self.test_acc:.3f}, device={self.device!r}{where})")
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during training. The run directory's last checkpoint holds the last finished epoch."""
+
+    def __init__(self, epoch: int, completed: int, history: History, run_dir: Path | None,
+                 spec_path: str | None) -> None:
+        super().__init__(f"interrupted during epoch {epoch}")
+        self.epoch = epoch  # the epoch that was running
+        self.completed = completed  # epochs in the last checkpoint
+        self.history = history
+        self.run_dir = run_dir
+        self.spec_path = spec_path  # the spec file, for the resume command; None for inline text or a module
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What a reporter is told when a run starts."""
+
+    name: str  # the spec's path, or a name for inline text / a module
+    device: str
+    config: TrainConfig
+    sources: dict[str, str]  # recipe key -> "spec", "default", "--lr", "saved run"
+    dataset: str
+    data_source: str
+    n_train: int
+    n_test: int
+    input_shape: tuple[int, ...]
+    n_params: int
+    amp: bool
+    channels_last: bool
+    run_dir: Path | None
+    start_epoch: int  # epochs already done (resume)
+
+
+class Reporter:
+    """Receives a run's progress; the trainer itself never prints. Override what you need.
+
+    `step` is called after every training step with `live()`, which returns the epoch's
+    running (loss, accuracy) so far, or None when they cannot be read without stalling the
+    device. Call it sparingly (a few times a second): on CUDA it reads a snapshot copied
+    asynchronously, never forcing a sync.
+    """
+
+    def start(self, info: RunInfo) -> None: ...
+
+    def epoch_start(self, epoch: int, epochs: int, batches: int) -> None: ...
+
+    def step(self, batch: int, batches: int, live: Callable[[], tuple[float, float] | None]) -> None: ...
+
+    def epoch_end(self, record: EpochRecord, epochs: int, best: bool) -> None: ...
+
+    def end(self, history: History) -> None: ...
+
+    def close(self) -> None:
+        """Called last, whether the run finished, failed or was interrupted."""
+
+
+class _Live:
+    """The running (loss, acc) for a progress bar, read without a host sync.
+
+    On CUDA, a read copies the device sums into pinned memory asynchronously and records an
+    event; a later read returns that copy once the event has passed (event.query() never
+    blocks). On the CPU the sums are read directly; other devices show no live values.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.host = torch.zeros(2, dtype=torch.float64, pin_memory=self.cuda)
+        self.reset(None)
+
+    def reset(self, sums: torch.Tensor | None) -> None:
+        self.sums, self.count, self.event, self.pending, self.value = sums, 0, None, 0, None
+
+    def __call__(self) -> tuple[float, float] | None:
+        if self.sums is None or self.count == 0:
+            return None
+        if self.device.type == "cpu":
+            loss, correct = self.sums.tolist()
+            return loss / self.count, correct / self.count
+        if not self.cuda:
+            return None
+        if self.event is not None and self.event.query():
+            loss, correct = self.host.tolist()
+            self.value, self.event = (loss / self.pending, correct / self.pending), None
+        if self.event is None:
+            self.host.copy_(self.sums, non_blocking=True)
+            self.event, self.pending = torch.cuda.Event(), self.count
+            self.event.record()
+        return self.value
+
+
+# The network to train -------------------------------------------------------
+
+@dataclass
+class _Network:
+    """A spec (parsed, with its params) or a ready nn.Module, and what a run directory records of it."""
+
+    name: str  # run directory name
+    display: str  # for messages: the spec's path, "<spec text>", or the module's class
+    text: str | None  # spec text; None for a module
+    path: str | None  # spec file, for the resume command
+    tree: Any = None
+    module: nn.Module | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    plan: Any = None
+
+    @property
+    def input_shape(self) -> tuple[int, ...] | None:
+        return self.plan.input_shape if self.plan is not None else None
+
+    @property
+    def recipe(self) -> Recipe | None:
+        return self.plan.recipe if self.plan is not None else None
+
+
+def _network(model_or_spec: Any, params: dict[str, Any], input_shape: Any) -> _Network:
+    if isinstance(model_or_spec, nn.Module):
+        if params:
+            raise ArchError(f"params ({', '.join(params)}) are for specs; this is a ready {type(model_or_spec).__name__}")
+        name = type(model_or_spec).__name__.lower()
+        return _Network(name, type(model_or_spec).__name__, None, None, module=model_or_spec)
+    from .api import plan as make_plan
+    from .parser import parse
+
+    tree = parse(model_or_spec)
+    src = tree.source
+    is_file = src.name != "<string>"
+    name = Path(src.name).stem if is_file else "spec"
+    net = _Network(name or "spec", src.name if is_file else "<spec text>", src.text, src.name if is_file else None,
+                   tree=tree, params=dict(params))
+    net.plan = make_plan(tree, input_shape, **params)
+    return net
+
+
+def _build(net: _Network, input_shape: tuple[int, ...]) -> nn.Module:
+    if net.module is not None:
+        return net.module
+    from .api import build
+
+    return build(net.tree, input_shape, **net.params)
+
+
+# The trainer ----------------------------------------------------------------
+
+def train(model_or_spec: Any = None, *, dataset: str | None = None, epochs: int | None = None,
+          batch_size: int | None = None, lr: float | None = None, resize: int | None = None,
+          seed: int | None = None, limit: int | None = None, init: str | None = None,
+          device: str = "auto", amp: bool | None = None, channels_last: bool | None = None, compile: bool = False,
+          data_root: str | os.PathLike[str] | None = None, download: bool = True, input_shape: Any = None,
+          params: Mapping[str, Any] | None = None, out: str | os.PathLike[str] | bool | None = None,
+          resume: str | os.PathLike[str] | None = None, progress: Reporter | bool | None = True,
+          **spec_params: Any) -> History:
+    """Train a spec (path or text) or an nn.Module on an image data set, d2l's train_ch6 style.
+
+        history = archdsl.train("specs/lenet.arch")                    # the spec's own recipe
+        history = archdsl.train("specs/vgg.arch", ratio=4, epochs=2, limit=2000, device="cuda")
+        history = archdsl.train(net, dataset="fashion-mnist", lr=0.9, epochs=10, batch_size=256)
+
+    Recipe values not given come from the spec's `train` line, then DEFAULTS. Keyword
+    arguments not listed here set the spec's params (or pass `params={...}`).
+    `out`: None/False writes no run directory, True writes runs/<name>/<timestamp>/, a path
+    writes there. `resume=RUN_DIR` continues a run from its last checkpoint; the spec may then
+    be left out. `progress`: True prints one line per epoch and the seed's summary lines (for
+    notebooks), False is silent, or pass a Reporter.
+
+    Returns the History; its `.model` is the trained network. Raises ArchError for any bad
+    value, missing data or mismatch, and `Interrupted` (a KeyboardInterrupt) on Ctrl-C, after
+    making sure the last finished epoch is saved.
+    """
+    reporter = _reporter(progress)
+    try:
+        return _Trainer(reporter).run(
+            model_or_spec, {k: v for k, v in dict(dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr,
+                                                  resize=resize, seed=seed, limit=limit, init=init).items()
+                            if v is not None},
+            dict(device=str(device), amp=amp, channels_last=channels_last, compile=bool(compile),
+                 data_root=None if data_root is None else str(data_root), download=bool(download)),
+            {**dict(params or {}), **spec_params}, input_shape, out, resume)
+    finally:
+        reporter.close()
+
+
+def _reporter(progress: Reporter | bool | None) -> Reporter:
+    if isinstance(progress, Reporter):
+        return progress
+    if progress:
+        from .progress import PlainReporter
+
+        return PlainReporter()
+    return Reporter()
+
+
+class _Trainer:
+    def __init__(self, reporter: Reporter) -> None:
+        self.reporter = reporter
+
+    def run(self, model_or_spec: Any, given: dict[str, Any], runtime: dict[str, Any], params: dict[str, Any],
+            input_shape: Any, out: Any, resume: Any) -> History:
+        run = RunDir.open(resume) if resume is not None else None
+        saved = run.read_config() if run is not None else None
+        if saved is not None:
+            if out not in (None, True, False):
+                raise ArchError("--out and --resume both name a run directory; use one")
+            model_or_spec, params, input_shape = _resume_inputs(run, saved, model_or_spec, params, input_shape)
+        elif model_or_spec is None:
+            raise ArchError("train needs a spec or a model (or resume=RUN_DIR to continue a run)")
+        net = _network(model_or_spec, params, input_shape)
+
+        if saved is not None:
+            config, sources = _resumed_config(saved, given, runtime)
+        else:
+            config, sources = resolve_config(net.recipe, given, **runtime)
+        dev = resolve_device(config.device)
+        if dev.type == "cpu":
+            keep_freed_memory()
+
+        # Data: found offline first, held on the device as uint8.
+        synth_shape = None
+        if config.dataset == "synthetic":
+            spec_in = net.input_shape or (1, 28, 28)
+            synth_shape = spec_in if config.resize is None or len(spec_in) != 3 else (spec_in[0], 28, 28)
+        data = D.load(config.dataset, config.data_root, download=config.download, shape=synth_shape)
+        data = data.limit(config.limit)
+        size, shape = _input_size(data, config, net)
+
+        # The model, seeded, with d2l's init; the RNG is restored from the checkpoint on resume.
+        torch.manual_seed(config.seed)
+        model = _build(net, shape)
+        if config.init == "xavier" and saved is None:
+            model.apply(init_weights)
+        use_cl = config.channels_last if config.channels_last is not None else (
+            dev.type == "cuda" and len(shape) == 3)
+        use_amp = config.amp if config.amp is not None else dev.type == "cuda"
+        if use_amp and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
+            use_amp = False  # pre-Ampere GPUs: bf16 would be emulated and slow; stay in fp32
+        model.to(dev)
+        if use_cl:
+            model.to(memory_format=torch.channels_last)
+        data = data.to(dev)
+        if dev.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
+        loop = _Loop(model, data, config, dev, size, use_cl, use_amp, self.reporter)
+        loop.check_model(net.display)
+        arch = repr(model)
+
+        records: list[EpochRecord] = []
+        start = 0
+        if saved is not None:
+            state = run.load_checkpoint("last", map_location=dev)
+            _check_same_network(state, arch, run, net.display)
+            model.load_state_dict(state["model"])
+            loop.opt.load_state_dict(state["optimizer"])
+            records = [EpochRecord.from_dict(r) for r in state["history"]]
+            start = int(state["epoch"])
+            if start >= config.epochs:
+                raise ArchError(f"this run has already trained {start} of {config.epochs} epochs; "
+                                f"to train longer, pass --epochs {start + 5} (or more)", where=str(run.path))
+            loop.set_rng(state["rng"])
+            run.write_metrics(r.to_dict() for r in records)
+            saved.setdefault("resumed", []).append({"at_epoch": start, "time": _now(), "device": str(dev)})
+            saved["recipe"]["epochs"] = config.epochs
+            saved["runtime"] = _runtime(config, dev, use_amp, use_cl)
+            run.write_config(saved)
+        elif out:
+            run = RunDir.create(None if out is True else out, net.name)
+            if net.text is not None:
+                run.write_spec(net.text)
+            run.write_config(_config_json(net, config, sources, data, shape, model, arch, dev, use_amp, use_cl))
+
+        ckpt = _Checkpointer(run, loop, arch, net, config) if run is not None else None
+        if ckpt is not None and saved is None:
+            ckpt.save(0, records)  # Ctrl-C in the first epoch can resume from here
+        info = RunInfo(net.display, str(dev), config, sources, data.name, data.source, len(data.train_y),
+                       len(data.test_y), shape, sum(p.numel() for p in model.parameters()), use_amp, use_cl,
+                       run.path if run is not None else None, start)
+        history = History(records, model, str(dev), info.run_dir, config)
+        self.reporter.start(info)
+
+        epoch, unsaved = start, False
+        try:
+            for epoch in range(start + 1, config.epochs + 1):
+                self.reporter.epoch_start(epoch, config.epochs, loop.batches)
+                with flush_denormals(dev):
+                    record = loop.epoch(epoch)
+                best = not records or record.test_acc > max(r.test_acc for r in records)
+                records.append(record)
+                unsaved = True
+                if ckpt is not None:
+                    ckpt.save(epoch, records, best=best)
+                    run.append_metrics(record.to_dict())
+                    run.write_curves([r.to_dict() for r in records], config.epochs, Path(net.display).name)
+                unsaved = False
+                self.reporter.epoch_end(record, config.epochs, best)
+        except KeyboardInterrupt:
+            if ckpt is not None and unsaved:  # the epoch finished but was not saved yet
+                ckpt.save(len(records), records, best=records[-1] is history.best)
+            raise Interrupted(epoch, len(records), history, history.run_dir, net.path) from None
+        if run is not None:
+            from .runs import atomic_save
+
+            atomic_save(model.state_dict(), run.weights)
+        self.reporter.end(history)
+        return history
+
+
+def _input_size(data: D.ImageData, config: TrainConfig, net: _Network) -> tuple[tuple[int, int] | None, tuple]:
+    """The resize target and the model's input shape (C, H, W); refuse a spec that disagrees with the data."""
+    shape = data.image_shape
+    size = None
+    if config.resize is not None:
+        if len(shape) != 3:
+            raise ArchError(f"resize applies to images (C, H, W); {data.name} items have shape "
+                            f"{'x'.join(map(str, shape))}")
+        size = resized_hw(shape[1], shape[2], config.resize)
+        shape = (shape[0], *size)
+    spec_in = net.input_shape
+    if spec_in is not None and tuple(spec_in) != tuple(shape):
+        have = "x".join(map(str, spec_in))
+        got = "x".join(map(str, shape))
+        how = f"resized to {config.resize}" if config.resize else "as stored, not resized"
+        if len(spec_in) == len(shape) and spec_in[0] != shape[0]:
+            why = (f"the spec's input {have} has {spec_in[0]} channel{'s' * (spec_in[0] != 1)} but {data.name} "
+                   f"images have {shape[0]} ({got})")
+            fix = f"use a data set with {spec_in[0]}-channel images, or change the spec's input to {got}"
+        else:
+            why = f"the spec's input is {have} but {data.name} images {how} are {got}"
+            fix = (f"pass --input {got} to train at that size" + (
+                f", or --resize {spec_in[-1]}" if len(spec_in) == 3 and spec_in[1] == spec_in[2] else ""))
+        raise ArchError(why, where=net.display if net.path else None, notes=(fix,))
+    return size, shape
+
+
+class _Loop:
+    """One epoch of d2l's loop, on device-resident data, with the metrics kept on the device."""
+
+    def __init__(self, model: nn.Module, data: D.ImageData, config: TrainConfig, device: torch.device,
+                 size: tuple[int, int] | None, channels_last: bool, amp: bool, reporter: Reporter) -> None:
+        self.model, self.data, self.config, self.device = model, data, config, device
+        self.size, self.channels_last, self.reporter = size, channels_last, reporter
+        self.step_model = torch.compile(model) if config.compile else model
+        self.opt = torch.optim.SGD(model.parameters(), lr=config.lr)
+        self.loss = nn.CrossEntropyLoss()
+        self.autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if amp else contextlib.nullcontext
+        # The data order comes from its own CPU generator, so it is the same on every device and
+        # its state can be checkpointed; the permutation is then moved to the device once an epoch.
+        self.shuffle = torch.Generator().manual_seed(config.seed)
+        self.n = len(data.train_y)
+        self.batches = math.ceil(self.n / config.batch_size)
+        self.acc_dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+        self.live = _Live(device)
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        return images_to_input(x, self.size, self.channels_last) if x.dim() == 4 else x.float().div_(255)
+
+    def check_model(self, display: str) -> None:
+        """Run two examples through the model first, so a mismatch is one clear sentence, not a traceback."""
+        x = self.inputs(self.data.test_x[:2])
+        self.model.eval()
+        try:
+            with torch.no_grad(), self.autocast():
+                out = self.model(x)
+        except (RuntimeError, ValueError, IndexError, TypeError) as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ArchError(f"{display} cannot take {self.data.name} batches of shape {tuple(x.shape)}: {reason}") from None
+        classes = len(self.data.classes)
+        if out.dim() != 2 or out.shape[1] != classes:
+            raise ArchError(f"{display} gives outputs of shape {tuple(out.shape)}, but {self.data.name} has "
+                            f"{classes} classes, so it needs (batch, {classes})",
+                            notes=(f"end the network with linear({classes}) (after a flatten)",))
+
+    def rng_state(self) -> dict[str, torch.Tensor]:
+        state = {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state()}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def set_rng(self, state: Mapping[str, torch.Tensor]) -> None:
+        torch.set_rng_state(state["torch"].cpu())
+        self.shuffle.set_state(state["shuffle"].cpu())
+        if self.device.type == "cuda" and "cuda" in state:
+            torch.cuda.set_rng_state(state["cuda"].cpu(), self.device)
+
+    def epoch(self, epoch: int) -> EpochRecord:
+        cfg, data, dev = self.config, self.data, self.device
+        t0 = time.perf_counter()
+        self.model.train()
+        perm = torch.randperm(self.n, generator=self.shuffle).to(dev)  # (N,) on the device
+        sums = torch.zeros(2, dtype=self.acc_dtype, device=dev)  # (loss sum, correct) over the epoch
+        self.live.reset(sums)
+        for i in range(self.batches):
+            idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]  # (B,)
+            x, y = self.inputs(data.train_x[idx]), data.train_y[idx]  # (B, C, H, W) float, (B,)
+            self.opt.zero_grad(set_to_none=True)
+            with self.autocast():
+                out = self.step_model(x)  # (B, classes)
+                loss = self.loss(out, y)
+            loss.backward()
+            self.opt.step()
+            with torch.no_grad():
+                sums += torch.stack((loss.detach().to(sums.dtype) * y.numel(),
+                                     (out.argmax(dim=1) == y).sum().to(sums.dtype)))
+            self.live.count += y.numel()
+            self.reporter.step(i + 1, self.batches, self.live)
+        _sync(dev)  # the one wait of the training phase, so its time is real
+        train_time = time.perf_counter() - t0
+        correct = self.correct(data.test_x, data.test_y)
+        loss_sum, n_correct, test_correct = torch.cat((sums, correct.to(sums.dtype).view(1))).tolist()  # one read
+        epoch_time = time.perf_counter() - t0
+        self.live.reset(None)
+        return EpochRecord(epoch, loss_sum / self.n, n_correct / self.n, test_correct / len(data.test_y), self.n,
+                           train_time, epoch_time)
+
+    @torch.no_grad()
+    def correct(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """How many of the test images the model gets right, as a device scalar (no sync)."""
+        self.model.eval()
+        total = torch.zeros((), dtype=torch.int64, device=self.device)
+        bs = self.config.batch_size
+        for i in range(0, len(y), bs):
+            with self.autocast():
+                out = self.step_model(self.inputs(x[i:i + bs]))
+            total += (out.argmax(dim=1) == y[i:i + bs]).sum()
+        return total
+
+
+class _Checkpointer:
+    """Writes checkpoints/last.pt (every epoch) and best.pt: tensors and plain containers only."""
+
+    def __init__(self, run: RunDir, loop: _Loop, arch: str, net: _Network, config: TrainConfig) -> None:
+        self.run, self.loop, self.arch, self.net, self.config = run, loop, arch, net, config
+
+    def save(self, epoch: int, records: list[EpochRecord], best: bool = False) -> None:
+        state = {
+            "format": 1,
+            "epoch": epoch,
+            "model": self.loop.model.state_dict(),
+            "optimizer": self.loop.opt.state_dict(),
+            "rng": self.loop.rng_state(),
+            "history": [r.to_dict() for r in records],
+            "arch": self.arch,
+            "spec": self.net.text or "",
+            "params": {k: str(v) for k, v in self.net.params.items()},
+            "recipe": self.config.recipe(),
+        }
+        self.run.save_checkpoint(state, "last")
+        if best:
+            self.run.save_checkpoint(state, "best")
+
+
+def _check_same_network(state: Mapping[str, Any], arch: str, run: RunDir, display: str) -> None:
+    """Refuse to load a checkpoint into a different network, saying where they first differ."""
+    if state.get("arch") == arch:
+        return
+    old, new = str(state.get("arch", "")).splitlines(), arch.splitlines()
+    diff = [line for line in difflib.unified_diff(old, new, lineterm="", n=0) if line[:1] in "+-"
+            and not line.startswith(("---", "+++"))]
+    first = "; ".join(d.strip() for d in diff[:2]) if diff else "the layers differ"
+    raise ArchError(f"the checkpoint was trained from a different network than {display} "
+                    f"(checkpoint vs now: {first})", where=str(run.path),
+                    notes=(f"resume with the run's own spec: archdsl train --resume {run.path}",))
+
+
+def _resume_inputs(run: RunDir, saved: dict, model_or_spec: Any, params: dict, input_shape: Any):
+    """The spec, params and input shape a resumed run is rebuilt with: the saved ones unless given."""
+    spec_info = saved.get("spec") or {}
+    if model_or_spec is None:
+        if not run.spec.is_file():
+            raise ArchError("this run trained a Python nn.Module (it has no spec.arch); pass the same module "
+                            "to archdsl.train(module, resume=...) to continue it", where=str(run.path))
+        model_or_spec = run.spec
+    saved_params = {k: str(v) for k, v in (spec_info.get("params") or {}).items()}
+    if params:
+        from .values import from_python
+
+        for k, v in params.items():
+            if k in saved_params and from_python(k, v) != from_python(k, saved_params[k]):
+                raise ArchError(f"--set {k}={v} differs from the run's {k}={saved_params[k]}; a resumed run keeps "
+                                f"its params (start a new run to change them)", where=str(run.path))
+        saved_params.update({k: str(v) for k, v in params.items()})
+    if input_shape is None and spec_info.get("input_shape"):
+        input_shape = tuple(spec_info["input_shape"])
+    return model_or_spec, saved_params, input_shape
+
+
+def _resumed_config(saved: dict, given: Mapping[str, Any], runtime: dict[str, Any]) -> tuple[TrainConfig, dict]:
+    """A resumed run keeps its recipe: a flag may only repeat it, except --epochs, which may grow."""
+    recipe = dict(saved.get("recipe") or {})
+    for k, v in given.items():
+        if k == "epochs":
+            continue
+        if k in recipe and recipe[k] != v:
+            raise ArchError(f"{FLAGS[k]} {v} differs from the run's {k} {recipe[k]}; a resumed run keeps its "
+                            f"recipe (start a new run to change it; only --epochs may change)")
+    values = {k: recipe.get(k, DEFAULTS[k]) for k in RECIPE_KEYS}
+    sources = {k: "saved run" for k in RECIPE_KEYS}
+    if "epochs" in given:
+        values["epochs"], sources["epochs"] = given["epochs"], "--epochs"
+    saved_rt = saved.get("runtime") or {}
+    if runtime.get("data_root") is None and saved_rt.get("data_root"):
+        runtime = {**runtime, "data_root": saved_rt["data_root"]}
+    config = TrainConfig(**values, **runtime)
+    check_config(config)
+    return config, sources
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _runtime(config: TrainConfig, dev: torch.device, amp: bool, channels_last: bool) -> dict[str, Any]:
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine()
+    return {"device_requested": config.device, "device": str(dev), "device_name": name, "amp_bf16": amp,
+            "channels_last": channels_last, "compile": config.compile, "data_root": config.data_root,
+            "threads": torch.get_num_threads()}
+
+
+def _versions() -> dict[str, Any]:
+    from . import __version__
+
+    try:
+        import torchvision
+
+        tv = torchvision.__version__
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        tv = None
+    return {"archdsl": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": tv, "cuda": torch.version.cuda, "platform": platform.platform()}
+
+
+def _config_json(net: _Network, config: TrainConfig, sources: dict, data: D.ImageData, shape: tuple,
+                 model: nn.Module, arch: str, dev: torch.device, amp: bool, channels_last: bool) -> dict[str, Any]:
+    return {
+        "spec": {"path": net.path, "name": net.display, "params": {k: str(v) for k, v in net.params.items()},
+                 "input_shape": list(shape)},
+        "recipe": config.recipe(),
+        "sources": sources,
+        "runtime": _runtime(config, dev, amp, channels_last),
+        "data": {"name": data.name, "source": data.source, "train": len(data.train_y), "test": len(data.test_y),
+                 "image_shape": list(data.image_shape), "classes": list(data.classes)},
+        "model": {"params": sum(p.numel() for p in model.parameters()),
+                  "arch_sha256": hashlib.sha256(arch.encode()).hexdigest()},
+        "versions": _versions(),
+        "argv": list(sys.argv),
+        "created": _now(),
+    }
+
+
+# Evaluating a finished run -------------------------------------------------
+
+@dataclass(frozen=True)
+class EvalResult:
+    test_acc: float
+    examples: int
+    epoch: int  # the checkpoint's epoch
+    epochs: int  # the run's planned epochs
+    recorded_test_acc: float | None  # what training measured at that epoch
+    checkpoint: Path
+    device: str
+    dataset: str
+
+
+def evaluate_run(run_dir: str | os.PathLike[str], which: str = "best", *, device: str = "auto",
+                 data_root: str | os.PathLike[str] | None = None, download: bool = True,
+                 batch_size: int | None = None) -> EvalResult:
+    """Test accuracy of a run's checkpoint (best by default) on the whole test set."""
+    from .api import build
+
+    if which not in ("best", "last"):
+        raise ArchError(f"checkpoint must be best or last, not {which!r}")
+    run = RunDir.open(run_dir)
+    saved = run.read_config()
+    if not run.spec.is_file():
+        raise ArchError("this run trained a Python nn.Module (it has no spec.arch); evaluate it in Python",
+                        where=str(run.path))
+    dev = resolve_device(device)
+    state = run.load_checkpoint(which, map_location=dev)
+    recipe = {**DEFAULTS, **(saved.get("recipe") or {})}
+    spec = saved.get("spec") or {}
+    shape = tuple(spec.get("input_shape") or ()) or None
+    model = build(run.spec, shape, **(spec.get("params") or {}))
+    _check_same_network(state, repr(model), run, str(run.spec))
+    model.load_state_dict(state["model"])
+    if batch_size is not None:
+        _whole(batch_size, "batch size", 1, "--batch-size 256")
+    root = data_root if data_root is not None else (saved.get("runtime") or {}).get("data_root")
+    synth = tuple(shape) if recipe["dataset"] == "synthetic" and shape else None
+    if synth is not None and recipe.get("resize") and len(synth) == 3:
+        synth = (synth[0], 28, 28)
+    data = D.load(recipe["dataset"], root, download=download, shape=synth)
+    config = TrainConfig(**{k: recipe[k] for k in RECIPE_KEYS}, device=device)
+    if batch_size is not None:
+        config = TrainConfig(**{**config.__dict__, "batch_size": batch_size})
+    size, _ = _input_size(data, config, _Network("", str(run.spec), None, None))
+    use_cl = dev.type == "cuda" and len(data.image_shape) == 3
+    model.to(dev)
+    if use_cl:
+        model.to(memory_format=torch.channels_last)
+    data = data.to(dev)
+    loop = _Loop(model, data, config, dev, size, use_cl, dev.type == "cuda" and torch.cuda.is_bf16_supported(),
+                 Reporter())
+    with flush_denormals(dev):
+        acc = loop.correct(data.test_x, data.test_y).item() / len(data.test_y)
+    epoch = int(state["epoch"])
+    rec = next((r["test_acc"] for r in state["history"] if r["epoch"] == epoch), None)
+    return EvalResult(acc, len(data.test_y), epoch, int(recipe["epochs"]), rec, run.checkpoint(which), str(dev),
+                      data.name)
