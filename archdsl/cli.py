@@ -151,8 +151,7 @@ def train(
     amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", show_default=False,
                                        help="bf16 autocast (default: on for CUDA)."),
     channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", show_default=False,
-                                                 help="channels_last memory format (default: on for images on CUDA "
-                                                      "and CPU)."),
+                                                 help="channels_last memory format (default: on for images on CUDA)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model (the first epoch pays for it)."),
     init: Optional[str] = typer.Option(None, "--init", show_default=False,
                                        help="xavier (default): d2l's Xavier-uniform weights; keep: torch's own init."),
