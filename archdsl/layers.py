@@ -13,7 +13,7 @@ from types import SimpleNamespace as Args
 from torch import nn
 
 from .modules import Add, Concat
-from .registry import Arg, ShapeProblem, layer
+from .registry import Arg, ShapeProblem, layer, same_shape
 from .values import Bool, Int, Real
 
 Shape = tuple[int, ...]
@@ -72,7 +72,8 @@ def conv(x: Shape, a: Args) -> nn.Module:
                dilation=a.dilation, groups=a.groups, bias=a.bias)
 
 
-@layer("linear", Arg("features", POSITIVE, aliases=("out_features",)), Arg("bias", Bool(), True))
+@layer("linear", Arg("features", POSITIVE, aliases=("out_features",)), Arg("bias", Bool(), True),
+       out_shape=lambda x, a: (*x[:-1], a.features))
 def linear(x: Shape, a: Args) -> nn.Module:
     """Fully connected layer (nn.Linear) on the last axis; in_features come from the input."""
     if len(x) > 3:
@@ -108,7 +109,8 @@ def avgpool(x: Shape, a: Args) -> nn.Module:
     return cls(kernel_size=a.kernel, stride=a.stride or a.kernel, padding=a.padding, ceil_mode=a.ceil)
 
 
-@layer("adaptiveavgpool", Arg("size", POSITIVE, 1, aliases=("output_size",)))
+@layer("adaptiveavgpool", Arg("size", POSITIVE, 1, aliases=("output_size",)),
+       out_shape=lambda x, a: (*x[:2], *(a.size,) * (len(x) - 2)))
 def adaptiveavgpool(x: Shape, a: Args) -> nn.Module:
     """Adaptive average pooling to size x size; the default size 1 is global average pooling."""
     n = _spatial(x, "adaptiveavgpool")
@@ -121,13 +123,13 @@ def flatten(x: Shape, a: Args) -> nn.Module:
     return nn.Flatten()
 
 
-@layer("dropout", Arg("p", PROBABILITY, 0.5))
+@layer("dropout", Arg("p", PROBABILITY, 0.5), out_shape=same_shape)
 def dropout(x: Shape, a: Args) -> nn.Module:
     """Dropout with probability p in [0, 1) (nn.Dropout)."""
     return nn.Dropout(a.p)
 
 
-@layer("batchnorm", Arg("eps", POSITIVE_REAL, 1e-5), Arg("momentum", PROBABILITY, 0.1))
+@layer("batchnorm", Arg("eps", POSITIVE_REAL, 1e-5), Arg("momentum", PROBABILITY, 0.1), out_shape=same_shape)
 def batchnorm(x: Shape, a: Args) -> nn.Module:
     """Batch normalization over channels (nn.BatchNorm1d/2d/3d by input rank)."""
     if not 2 <= len(x) <= 5:
@@ -137,7 +139,7 @@ def batchnorm(x: Shape, a: Args) -> nn.Module:
 
 
 @layer("lrn", Arg("size", POSITIVE), Arg("alpha", NON_NEGATIVE_REAL, 1e-4), Arg("beta", NON_NEGATIVE_REAL, 0.75),
-       Arg("k", NON_NEGATIVE_REAL, 1.0))
+       Arg("k", NON_NEGATIVE_REAL, 1.0), out_shape=same_shape)
 def lrn(x: Shape, a: Args) -> nn.Module:
     """Local response normalization across channels (nn.LocalResponseNorm), as in the AlexNet paper."""
     if len(x) < 3:
@@ -145,7 +147,7 @@ def lrn(x: Shape, a: Args) -> nn.Module:
     return nn.LocalResponseNorm(a.size, alpha=a.alpha, beta=a.beta, k=a.k)
 
 
-@layer("softmax", Arg("dim", ANY_INT, 1))
+@layer("softmax", Arg("dim", ANY_INT, 1), out_shape=same_shape)
 def softmax(x: Shape, a: Args) -> nn.Module:
     """Softmax over axis dim (1, the first after the batch, by default)."""
     if not -len(x) <= a.dim < len(x):
@@ -157,7 +159,7 @@ def _activation(name: str, cls: type[nn.Module], what: str) -> None:
     def build(x: Shape, a: Args) -> nn.Module:
         return cls()
     build.__doc__ = f"{what} (nn.{cls.__name__})."
-    layer(name)(build)
+    layer(name, out_shape=same_shape)(build)
 
 
 for _name, _cls, _what in (("relu", nn.ReLU, "ReLU"), ("sigmoid", nn.Sigmoid, "Sigmoid"), ("tanh", nn.Tanh, "Tanh"),
@@ -175,7 +177,13 @@ def _paths_disagree(join: str, paths: Paths, what: str) -> ShapeProblem:
     return ShapeProblem(f"{join} needs paths that agree {what}: {shapes}")
 
 
-@layer("concat", Arg("dim", ANY_INT, 1), takes_paths=True)
+def _concat_shape(x: Shape, a: Args, paths: Paths) -> Shape:
+    first = paths[0][1]
+    dim = a.dim % len(first)
+    return (*first[:dim], sum(shape[dim] for _, shape in paths), *first[dim + 1:])
+
+
+@layer("concat", Arg("dim", ANY_INT, 1), takes_paths=True, out_shape=_concat_shape)
 def concat(x: Shape, a: Args, paths: Paths) -> nn.Module:
     """Runs each [ path ] on the input and concatenates the outputs along dim (channels): Inception, DenseNet."""
     ranks = {len(shape) for _, shape in paths}
@@ -190,7 +198,7 @@ def concat(x: Shape, a: Args, paths: Paths) -> nn.Module:
     return Concat(*(m for m, _ in paths), dim=a.dim)
 
 
-@layer("add", takes_paths=True)
+@layer("add", takes_paths=True, out_shape=lambda x, a, paths: paths[0][1])
 def add(x: Shape, a: Args, paths: Paths) -> nn.Module:
     """Runs each [ path ] on the input and adds the outputs elementwise: a residual connection."""
     if len({shape for _, shape in paths}) > 1:

@@ -48,6 +48,11 @@ class LayerDef:
     build: Callable[..., Any]  # (in_shape with batch, args namespace) -> nn.Module
     doc: str = ""
     takes_paths: bool = False  # joins the paths given as [ ... ] arguments
+    # The output shape, where it follows from the input shape and the arguments by definition
+    # (elementwise layers, linear, joins); the tracer then does not run the module on meta.
+    # Conv and pooling, whose arithmetic is subtle, always run. (torch's meta kernels for relu,
+    # batch norm, cat, ... import torch._dynamo: a second of start-up for `archdsl shapes`.)
+    out_shape: Callable[..., tuple[int, ...]] | None = None
 
     def signature(self) -> str:
         parts = (["[path]", "[path]", "..."] if self.takes_paths else []) + [a.signature() for a in self.args]
@@ -57,13 +62,19 @@ class LayerDef:
 REGISTRY: dict[str, LayerDef] = {}
 
 
-def layer(name: str, *args: Arg, takes_paths: bool = False):
+def same_shape(x: tuple[int, ...], a: SimpleNamespace) -> tuple[int, ...]:
+    """`out_shape` of an elementwise layer."""
+    return x
+
+
+def layer(name: str, *args: Arg, takes_paths: bool = False,
+          out_shape: Callable[..., tuple[int, ...]] | None = None):
     """Register the decorated builder under `name`; its docstring documents the layer."""
 
     def register(build: Callable[..., Any]) -> Callable[..., Any]:
         if name in REGISTRY:
             raise ValueError(f"layer {name!r} registered twice")
-        REGISTRY[name] = LayerDef(name, args, build, (build.__doc__ or "").strip(), takes_paths)
+        REGISTRY[name] = LayerDef(name, args, build, (build.__doc__ or "").strip(), takes_paths, out_shape)
         return build
 
     return register
@@ -145,5 +156,5 @@ def check_layer_args(ldef: LayerDef, bound: Bound) -> SimpleNamespace:
     return SimpleNamespace(**out)
 
 
-__all__ = ["Arg", "LayerDef", "REGISTRY", "REQUIRED", "Given", "Bound", "ShapeProblem", "bind",
+__all__ = ["Arg", "LayerDef", "REGISTRY", "REQUIRED", "Given", "Bound", "ShapeProblem", "bind", "same_shape",
            "check_layer_args", "layer", "Value"]

@@ -100,10 +100,14 @@ def _run(step: LayerStep, x: torch.Tensor, callers: tuple[BlockStep, ...],
     try:
         with torch.device("meta"):
             module = step.layer.build(shape, step.args, *([paths] if paths is not None else []))
-        module.eval()  # shapes do not depend on the mode, and batch norm refuses batch 1 in training
-        with torch.no_grad():
-            y = module(x)
-        module.train()
+        if step.layer.out_shape is not None:  # plain from the arguments (see LayerDef.out_shape)
+            y = torch.empty(step.layer.out_shape(shape, step.args, *([paths] if paths is not None else [])),
+                            device="meta")
+        else:
+            module.eval()  # shapes do not depend on the mode, and batch norm refuses batch 1 in training
+            with torch.no_grad():
+                y = module(x)
+            module.train()
     except ShapeProblem as e:
         raise ShapeError(f"{text} gets {fmt(shape)}: {e}", step.span, notes=notes) from None
     except (RuntimeError, ValueError, IndexError, OverflowError, TypeError) as e:  # what torch itself refuses

@@ -130,3 +130,16 @@ def test_python_dash_m_runs_the_cli():
     assert r.returncode == 0 and json.loads(r.stdout)["total_params"] == 61_706
     r = subprocess.run([sys.executable, "-m", "archdsl", "shapes", "specs/nope.arch"], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip() == "specs/nope.arch: error: no such spec file"
+
+
+def test_shapes_start_up_stays_light():
+    """Tracing imports no more of torch than it needs: torch._dynamo alone costs a second."""
+    code = ("import sys, torch\nbase = 'torch._dynamo' in sys.modules\nimport archdsl\n"
+            "for s in ('resnet18', 'googlenet', 'densenet', 'alexnet'): archdsl.trace(f'specs/{s}.arch')\n"
+            "print(base, 'torch._dynamo' in sys.modules, 'torchvision' in sys.modules)")
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root).stdout
+    base, dynamo, torchvision = out.split()
+    if base == "True":
+        pytest.skip("this torch imports torch._dynamo by itself")
+    assert (dynamo, torchvision) == ("False", "False")
