@@ -82,31 +82,26 @@ def linear(x: Shape, a: Args) -> nn.Module:
     return nn.Linear(x[-1], a.features, bias=a.bias)
 
 
-def _pool_args() -> tuple[Arg, ...]:
-    return (Arg("kernel", POSITIVE, tag="k", aliases=("kernel_size",)),
-            Arg("stride", POSITIVE, None, tag="s", shown_default="kernel"),
-            Arg("padding", NON_NEGATIVE, 0, tag="p"),
-            Arg("ceil", Bool(), False, aliases=("ceil_mode",)))
+def _pooling(name: str, classes: tuple[type[nn.Module], ...], what: str) -> None:
+    """Register max or average pooling: the same arguments, checks and dimension choice."""
+
+    def build(x: Shape, a: Args) -> nn.Module:
+        n = _spatial(x, name)
+        stride = a.stride or a.kernel  # torch's default: the kernel
+        _pool_padding(a.kernel, a.padding)
+        _window(x, a.kernel, stride, a.padding)
+        return classes[n - 1](kernel_size=a.kernel, stride=stride, padding=a.padding, ceil_mode=a.ceil)
+
+    build.__doc__ = f"{what} pooling (nn.{classes[1].__name__} and its 1d/3d kin); the stride defaults to the kernel."
+    layer(name,
+          Arg("kernel", POSITIVE, tag="k", aliases=("kernel_size",)),
+          Arg("stride", POSITIVE, None, tag="s", shown_default="kernel"),
+          Arg("padding", NON_NEGATIVE, 0, tag="p"),
+          Arg("ceil", Bool(), False, aliases=("ceil_mode",)))(build)
 
 
-@layer("maxpool", *_pool_args())
-def maxpool(x: Shape, a: Args) -> nn.Module:
-    """Max pooling (nn.MaxPool1d/2d/3d); the stride defaults to the kernel, as in torch."""
-    n = _spatial(x, "maxpool")
-    _pool_padding(a.kernel, a.padding)
-    _window(x, a.kernel, a.stride or a.kernel, a.padding)
-    cls = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)[n - 1]
-    return cls(kernel_size=a.kernel, stride=a.stride or a.kernel, padding=a.padding, ceil_mode=a.ceil)
-
-
-@layer("avgpool", *_pool_args())
-def avgpool(x: Shape, a: Args) -> nn.Module:
-    """Average pooling (nn.AvgPool1d/2d/3d); the stride defaults to the kernel."""
-    n = _spatial(x, "avgpool")
-    _pool_padding(a.kernel, a.padding)
-    _window(x, a.kernel, a.stride or a.kernel, a.padding)
-    cls = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)[n - 1]
-    return cls(kernel_size=a.kernel, stride=a.stride or a.kernel, padding=a.padding, ceil_mode=a.ceil)
+_pooling("maxpool", (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d), "Max")
+_pooling("avgpool", (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d), "Average")
 
 
 @layer("adaptiveavgpool", Arg("size", POSITIVE, 1, aliases=("output_size",)),
