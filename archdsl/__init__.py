@@ -5,7 +5,7 @@
     print(archdsl.trace("specs/vgg.arch", ratio=4))      # the shape table
     tree = archdsl.parse("conv(6, k5, p2) sigmoid")     # the syntax tree
 
-Importing archdsl is cheap: torch is imported on first use of build / trace.
+Importing archdsl is cheap: torch is imported on first use of build, trace or train.
 """
 
 from __future__ import annotations

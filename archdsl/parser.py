@@ -14,7 +14,6 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from . import syntax as S
 from .errors import ArchError, Source, Span, SpecSyntaxError
 
-SpecLike = "str | os.PathLike[str]"
 
 _OPEN = {"LPAR", "LSQB", "LBRACE"}
 _CLOSE = {"RPAR", "RSQB", "RBRACE"}
