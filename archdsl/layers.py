@@ -14,7 +14,7 @@ from torch import nn
 
 from .modules import Add, Concat
 from .registry import Arg, ShapeProblem, layer, same_shape
-from .values import Bool, Int, Real
+from .values import Bool, Int, Real, show_shape
 
 Shape = tuple[int, ...]
 
@@ -24,15 +24,11 @@ POSITIVE_REAL = Real(0.0, None, lo_open=True)
 NON_NEGATIVE_REAL = Real(0.0, None)
 
 
-def fmt(shape: Shape) -> str:
-    return "(" + ", ".join(map(str, shape)) + ")"
-
-
 def _spatial(x: Shape, name: str) -> int:
     """Number of spatial axes of a (B, C, *spatial) input: 1, 2 or 3."""
     n = len(x) - 2
     if not 1 <= n <= 3:
-        raise ShapeProblem(f"{name} needs a (C, L), (C, H, W) or (C, D, H, W) input, but it gets {fmt(x)}")
+        raise ShapeProblem(f"{name} needs a (C, L), (C, H, W) or (C, D, H, W) input, but it gets {show_shape(x)}")
     return n
 
 
@@ -77,7 +73,7 @@ def conv(x: Shape, a: Args) -> nn.Module:
 def linear(x: Shape, a: Args) -> nn.Module:
     """Fully connected layer (nn.Linear) on the last axis; in_features come from the input."""
     if len(x) > 3:
-        raise ShapeProblem(f"linear needs (features,) or (sequence, features), but it gets {fmt(x)}; "
+        raise ShapeProblem(f"linear needs (features,) or (sequence, features), but it gets {show_shape(x)}; "
                            f"put flatten before it")
     return nn.Linear(x[-1], a.features, bias=a.bias)
 
@@ -128,7 +124,7 @@ def dropout(x: Shape, a: Args) -> nn.Module:
 def batchnorm(x: Shape, a: Args) -> nn.Module:
     """Batch normalization over channels (nn.BatchNorm1d/2d/3d by input rank)."""
     if not 2 <= len(x) <= 5:
-        raise ShapeProblem(f"batchnorm needs (features,), (C, L), (C, H, W) or (C, D, H, W), but it gets {fmt(x)}")
+        raise ShapeProblem(f"batchnorm needs (features,), (C, L), (C, H, W) or (C, D, H, W), but it gets {show_shape(x)}")
     cls = (nn.BatchNorm1d, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)[len(x) - 2]
     return cls(x[1], eps=a.eps, momentum=a.momentum)
 
@@ -138,7 +134,7 @@ def batchnorm(x: Shape, a: Args) -> nn.Module:
 def lrn(x: Shape, a: Args) -> nn.Module:
     """Local response normalization across channels (nn.LocalResponseNorm), as in the AlexNet paper."""
     if len(x) < 3:
-        raise ShapeProblem(f"lrn needs a (C, ...) input with spatial axes, but it gets {fmt(x)}")
+        raise ShapeProblem(f"lrn needs a (C, ...) input with spatial axes, but it gets {show_shape(x)}")
     return nn.LocalResponseNorm(a.size, alpha=a.alpha, beta=a.beta, k=a.k)
 
 
@@ -146,7 +142,7 @@ def lrn(x: Shape, a: Args) -> nn.Module:
 def softmax(x: Shape, a: Args) -> nn.Module:
     """Softmax over axis dim (1, the first after the batch, by default)."""
     if not -len(x) <= a.dim < len(x):
-        raise ShapeProblem(f"softmax dim {a.dim} is out of range for {fmt(x)}")
+        raise ShapeProblem(f"softmax dim {a.dim} is out of range for {show_shape(x)}")
     return nn.Softmax(dim=a.dim)
 
 
@@ -168,7 +164,7 @@ Paths = list[tuple[nn.Module, Shape]]  # each path's module and its output shape
 
 
 def _paths_disagree(join: str, paths: Paths, what: str) -> ShapeProblem:
-    shapes = ", ".join(f"path {i} gives {fmt(shape)}" for i, (_, shape) in enumerate(paths, 1))
+    shapes = ", ".join(f"path {i} gives {show_shape(shape)}" for i, (_, shape) in enumerate(paths, 1))
     return ShapeProblem(f"{join} needs paths that agree {what}: {shapes}")
 
 
@@ -186,7 +182,7 @@ def concat(x: Shape, a: Args, paths: Paths) -> nn.Module:
         raise _paths_disagree("concat", paths, "in rank")
     rank = ranks.pop()
     if not -rank <= a.dim < rank:
-        raise ShapeProblem(f"concat dim {a.dim} is out of range for {fmt(paths[0][1])}")
+        raise ShapeProblem(f"concat dim {a.dim} is out of range for {show_shape(paths[0][1])}")
     dim = a.dim % rank
     if len({shape[:dim] + shape[dim + 1:] for _, shape in paths}) > 1:
         raise _paths_disagree("concat", paths, f"on every axis but {dim}")

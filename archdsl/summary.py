@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from .errors import Span
+from .values import show_shape
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ class Summary:
         """The rows as an aligned text table; `depth` hides rows nested deeper than it."""
         rows = [r for r in self.rows if depth is None or r.depth <= depth]
         head = ("#", "layer", "module", "output shape", "params", "at")
-        body = [(str(r.index), "  " * r.depth + r.layer, compact(r.module), _shape(r.output_shape), f"{r.params:,}",
+        body = [(str(r.index), "  " * r.depth + r.layer, compact(r.module), show_shape(r.output_shape), f"{r.params:,}",
                  self._at(r)) for r in rows]
         widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head))]
         right = {0, 4}  # numbers align right
@@ -88,12 +89,12 @@ class Summary:
             return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
         rule = "-" * len(fmt(tuple("-" * w for w in widths)))
-        out = [f"{self.spec}: input {_shape(self.input_shape)}", rule, fmt(head), rule, *map(fmt, body), rule]
+        out = [f"{self.spec}: input {show_shape(self.input_shape)}", rule, fmt(head), rule, *map(fmt, body), rule]
         if self.complete:
             total = self.total_params
             out += [f"Total params: {total:,}",
                     f"Parameter memory: {total * 4 / 2**20:,.2f} MiB (float32)",
-                    f"Output: {_shape(self.output_shape)}"]
+                    f"Output: {show_shape(self.output_shape)}"]
         else:
             out.append(f"Params up to the failing layer: {self.total_params:,}")
         return "\n".join(out)
@@ -114,12 +115,12 @@ class Summary:
         body = "".join(
             "<tr>" + "".join(f"<td style='text-align:{a}'>{html.escape(v)}</td>" for a, v in zip(
                 ("right", "left", "left", "left", "right", "left"),
-                (str(r.index), "\u2003" * r.depth + r.layer, compact(r.module), _shape(r.output_shape),
+                (str(r.index), "\u2003" * r.depth + r.layer, compact(r.module), show_shape(r.output_shape),
                  f"{r.params:,}", self._at(r)))) + "</tr>"
             for r in self.rows)
-        foot = (f"Total params: {self.total_params:,} &middot; output {_shape(self.output_shape)}" if self.complete
+        foot = (f"Total params: {self.total_params:,} &middot; output {show_shape(self.output_shape)}" if self.complete
                 else f"stopped at a shape error; params so far: {self.total_params:,}")
-        return (f"<div><b>{html.escape(self.spec)}</b>: input {_shape(self.input_shape)}"
+        return (f"<div><b>{html.escape(self.spec)}</b>: input {show_shape(self.input_shape)}"
                 f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{foot}</div>")
 
 
@@ -135,7 +136,3 @@ def compact(module: str) -> str:
     `MaxPool2d(kernel_size=3, stride=2)`, as one would write it by hand.
     """
     return _DEFAULTS.sub("", _SQUARE.sub(r"\1", module)).replace("(, ", "(")
-
-
-def _shape(shape: tuple[int, ...]) -> str:
-    return "(" + ", ".join(map(str, shape)) + ")"

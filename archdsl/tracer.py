@@ -12,10 +12,10 @@ import torch
 from torch import nn
 
 from .errors import ArchError, ShapeError
-from .layers import fmt
 from .plan import BlockStep, LayerStep, PathStep, Plan, Step
 from .registry import ShapeProblem
 from .summary import Row, Summary
+from .values import show_shape
 
 
 def trace_plan(plan: Plan, batch: int = 1) -> tuple[nn.Sequential, Summary]:
@@ -109,12 +109,12 @@ def _run(step: LayerStep, x: torch.Tensor, callers: tuple[BlockStep, ...],
                 y = module(x)
             module.train()
     except ShapeProblem as e:
-        raise ShapeError(f"{text} gets {fmt(shape)}: {e}", step.span, notes=notes) from None
+        raise ShapeError(f"{text} gets {show_shape(shape)}: {e}", step.span, notes=notes) from None
     except (RuntimeError, ValueError, IndexError, OverflowError, TypeError) as e:  # what torch itself refuses
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ShapeError(f"{text} gets {fmt(shape)}: {reason}", step.span, notes=notes) from None
+        raise ShapeError(f"{text} gets {show_shape(shape)}: {reason}", step.span, notes=notes) from None
     if any(d == 0 for d in y.shape):
-        raise ShapeError(f"{text} gets {fmt(shape)}: its output {fmt(tuple(y.shape))} is empty", step.span,
+        raise ShapeError(f"{text} gets {show_shape(shape)}: its output {show_shape(tuple(y.shape))} is empty", step.span,
                          notes=notes)
     return module, y
 

@@ -25,6 +25,11 @@ _COMPARE = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operat
             ">=": operator.ge}
 
 
+def show_shape(shape: tuple[int, ...]) -> str:
+    """(1, 96, 54, 54), as torch prints a size; a 1-tuple without the trailing comma."""
+    return "(" + ", ".join(map(str, shape)) + ")"
+
+
 def did_you_mean(name: str, choices) -> str:
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
     return f"; did you mean '{close[0]}'?" if close else ""
