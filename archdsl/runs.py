@@ -120,15 +120,23 @@ class RunDir:
             return []
         return [json.loads(line) for line in self.metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
 
-    def write_curves(self, rows: list[Mapping[str, Any]], epochs: int, title: str = "") -> None:
-        """curves.png, redrawn after each epoch so it can be watched during a run."""
-        fig = plot_curves(rows, epochs, title)
+    def write_curves(self, rows: list[Mapping[str, Any]], epochs: int, title: str = "") -> bool:
+        """curves.png, redrawn after each epoch so it can be watched during a run.
+
+        Without matplotlib (a bare GPU box, say) there is no PNG, and training goes on:
+        returns False; metrics.jsonl holds the same numbers.
+        """
+        try:
+            fig = plot_curves(rows, epochs, title)
+        except ImportError:
+            return False
         tmp = self.curves.with_name(f".{self.curves.name}.{os.getpid()}.tmp")
         try:
             fig.savefig(tmp, format="png", dpi=100)
             os.replace(tmp, self.curves)
         finally:
             tmp.unlink(missing_ok=True)
+        return True
 
     # Checkpoints -------------------------------------------------------------
 

@@ -481,3 +481,21 @@ def test_history_plot_is_a_figure():
     fig = h.plot()
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["train loss", "train acc", "test acc"]
     assert h.best.epoch == 2 and h.summary().splitlines()[0] == "loss 1.000, train acc 0.600, test acc 0.620"
+
+
+def test_training_goes_on_without_matplotlib(tmp_path, monkeypatch):
+    """A machine without matplotlib gets no curves.png, but the run and its other files."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    h = archdsl.train(TINY, **QUICK, epochs=1, out=tmp_path / "run")
+    run = tmp_path / "run"
+    assert len(h) == 1 and not (run / "curves.png").exists()
+    assert (run / "metrics.jsonl").is_file() and (run / "checkpoints" / "last.pt").is_file()
