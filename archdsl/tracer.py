@@ -55,7 +55,7 @@ def _trace(steps: tuple[Step, ...], x: torch.Tensor, prefix: str, depth: int, ro
         elif step.paths:
             at = len(rows)
             rows.append(None)
-            paths = [_trace_path(path, j, x, f"{name}.paths.{j}", depth + 1, rows, callers)
+            paths = [_trace_path(path, x, f"{name}.paths.{j}", depth + 1, rows, callers)
                      for j, path in enumerate(step.paths)]
             module, x = _run(step, x, callers, paths)
             text = f"{step.layer.name}({', '.join(['[…]'] * len(paths))})"  # the paths have rows of their own
@@ -68,7 +68,7 @@ def _trace(steps: tuple[Step, ...], x: torch.Tensor, prefix: str, depth: int, ro
     return modules, x
 
 
-def _trace_path(path: PathStep, j: int, x: torch.Tensor, name: str, depth: int, rows: list[Row | None],
+def _trace_path(path: PathStep, x: torch.Tensor, name: str, depth: int, rows: list[Row | None],
                 callers: tuple[BlockStep, ...]) -> tuple[nn.Module, tuple[int, ...]]:
     """One [ path ] of a join, run on the join's input: its own row, then its layers."""
     at = len(rows)
@@ -97,14 +97,14 @@ def _run(step: LayerStep, x: torch.Tensor, callers: tuple[BlockStep, ...],
         text = step.layer.name
     notes = tuple(f"in block {b.name}, called at {b.span.line}:{b.span.column}: {' '.join(b.span.text.split())}"
                   for b in reversed(callers))
+    extra = () if paths is None else (paths,)  # a join's builder also gets its traced paths
     try:
         with torch.device("meta"):
-            module = step.layer.build(shape, step.args, *([paths] if paths is not None else []))
+            module = step.layer.build(shape, step.args, *extra)
         if step.layer.out_shape is not None:  # plain from the arguments (see LayerDef.out_shape)
-            y = torch.empty(step.layer.out_shape(shape, step.args, *([paths] if paths is not None else [])),
-                            device="meta")
+            y = torch.empty(step.layer.out_shape(shape, step.args, *extra), device="meta")
         else:
-            module.eval()  # shapes do not depend on the mode, and batch norm refuses batch 1 in training
+            module.eval()  # shapes do not depend on the mode; some layers refuse batch 1 in training
             with torch.no_grad():
                 y = module(x)
             module.train()
