@@ -32,8 +32,7 @@ from pathlib import Path
 import torch
 
 from .errors import ArchError
-from .plan import DATASETS
-from .values import did_you_mean
+from .plan import check_dataset
 
 ENV_VAR = "ARCHDSL_DATA"
 OFFLINE_ENV_VAR = "ARCHDSL_OFFLINE"  # set to 1 to never download
@@ -96,12 +95,6 @@ def cache_dir() -> Path:
     """The per-user data cache: $XDG_CACHE_HOME/archdsl/data, or ~/.cache/archdsl/data."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "archdsl" / "data"
-
-
-def check_dataset(name: str) -> str:
-    if name not in DATASETS:
-        raise ArchError(f"unknown dataset '{name}'{did_you_mean(name, DATASETS)} (known: {', '.join(DATASETS)})")
-    return name
 
 
 def load(name: str, data_root: str | os.PathLike[str] | None = None, *, download: bool = True,

@@ -24,6 +24,13 @@ MAX_LAYERS = 100_000  # a spec that unrolls to more is almost surely a typo in a
 DATASETS = ("fashion-mnist", "mnist", "cifar10", "synthetic")
 
 
+def check_dataset(name: str, span: Span | None = None) -> str:
+    """The name of a known data set, or an ArchError with the closest one."""
+    if name not in DATASETS:
+        raise ArchError(f"unknown dataset '{name}'{did_you_mean(name, DATASETS)} (known: {', '.join(DATASETS)})", span)
+    return name
+
+
 @dataclass(frozen=True)
 class Recipe:
     """The optional `train` statement: the training recipe the spec was written for."""
@@ -227,9 +234,7 @@ class _Expander:
         return env
 
     def _recipe(self, st: S.TrainStmt, env: Mapping[str, Value]) -> Recipe:
-        if st.dataset not in DATASETS:
-            raise ArchError(f"unknown dataset '{st.dataset}'{did_you_mean(st.dataset, DATASETS)} "
-                            f"(known: {', '.join(DATASETS)})", st.dataset_span)
+        check_dataset(st.dataset, st.dataset_span)
         fields: dict[str, Any] = {}
         spans: dict[str, Span] = {}
         for opt in st.options:
