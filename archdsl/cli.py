@@ -153,6 +153,9 @@ def train(
     channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", show_default=False,
                                                  help="channels_last memory format (default: on for images on CUDA)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model (the first epoch pays for it)."),
+    tune: Optional[bool] = typer.Option(None, "--tune/--no-tune", show_default=False,
+                                        help="On the CPU, time faster equivalent formulations of conv and pooling "
+                                             "layers on the first batch and keep the fastest (default: on)."),
     init: Optional[str] = typer.Option(None, "--init", show_default=False,
                                        help="xavier (default): d2l's Xavier-uniform weights; keep: torch's own init."),
     download: bool = typer.Option(True, "--download/--no-download",
@@ -176,7 +179,7 @@ def train(
         try:
             train_model(spec, epochs=epochs, batch_size=batch_size, lr=lr, resize=resize, dataset=dataset,
                         data_root=data_root, seed=seed, limit=limit, init=init, device=device, amp=amp,
-                        channels_last=channels_last, compile=compile, download=download, input_shape=input,
+                        channels_last=channels_last, compile=compile, tune=tune, download=download, input_shape=input,
                         params=parse_sets(set_), out=True if out is None else out, resume=resume,
                         progress=reporter)
         except Interrupted as e:

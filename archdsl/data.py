@@ -16,8 +16,8 @@ Each directory may hold torchvision's layout (`DIR/FashionMNIST/raw/*-ubyte`,
 are decompressed once into torchvision's raw layout in the cache (Debian recompresses the
 .gz files, so torchvision's md5 check of them fails; the decompressed files need no check).
 
-This is the only module that imports torchvision, and only inside functions, so that
-importing archdsl (or `archdsl --help`) stays cheap.
+This is the only module that imports torchvision, and only inside functions and only for
+CIFAR-10 and downloads, so that importing archdsl (or `archdsl --help`) stays cheap.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import torch
 
 from .errors import ArchError
 from .plan import check_dataset
+from .runs import user_cache_dir
 
 ENV_VAR = "ARCHDSL_DATA"
 OFFLINE_ENV_VAR = "ARCHDSL_OFFLINE"  # set to 1 to never download
@@ -93,8 +94,7 @@ class ImageData:
 
 def cache_dir() -> Path:
     """The per-user data cache: $XDG_CACHE_HOME/archdsl/data, or ~/.cache/archdsl/data."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "archdsl" / "data"
+    return user_cache_dir() / "data"
 
 
 def load(name: str, data_root: str | os.PathLike[str] | None = None, *, download: bool = True,
@@ -250,25 +250,51 @@ def _download(name: str, root: Path) -> str | None:
     return None if _has_layout(name, root) else "the files did not appear"
 
 
+# Class names, in label order, as torchvision names them.
+_CLASSES = {
+    "fashion-mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                      "Ankle boot"),
+    "mnist": tuple(f"{d} - {w}" for d, w in enumerate(
+        ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"))),
+}
+
+
 def _read_torchvision(name: str, root: Path) -> ImageData:
+    """Read a data set from torchvision's layout under `root`.
+
+    The MNIST family is read directly (its idx files are a header and raw bytes): importing
+    torchvision costs about 2 s, most of it torch._dynamo pulled in by torchvision.ops.
+    """
+    raw = _layout_path(name, root)
+    if name != "cifar10":
+        train_x, train_y, test_x, test_y = (_read_idx(raw / f) for f in _MNIST_FILES)
+        return ImageData(name, train_x.unsqueeze(1), train_y.to(torch.int64), test_x.unsqueeze(1),  # (N, 1, H, W)
+                         test_y.to(torch.int64), _CLASSES[name], str(raw))
     import torchvision.datasets as tvd
 
-    cls = getattr(tvd, _TORCHVISION[name])
-    train, test = cls(str(root), train=True, download=False), cls(str(root), train=False, download=False)
-    if name == "cifar10":
-        def images(ds):  # (N, H, W, C) numpy -> (N, C, H, W)
-            return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+    train, test = tvd.CIFAR10(str(root), train=True, download=False), tvd.CIFAR10(str(root), train=False, download=False)
 
-        def labels(ds):
-            return torch.as_tensor(ds.targets, dtype=torch.int64)
-    else:
-        def images(ds):  # (N, H, W) -> (N, 1, H, W)
-            return ds.data.unsqueeze(1).contiguous()
+    def images(ds):  # (N, H, W, C) numpy -> (N, C, H, W)
+        return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
 
-        def labels(ds):
-            return ds.targets.to(torch.int64)
-    return ImageData(name, images(train), labels(train), images(test), labels(test), tuple(train.classes),
-                     str(_layout_path(name, root)))
+    return ImageData(name, images(train), torch.as_tensor(train.targets, dtype=torch.int64), images(test),
+                     torch.as_tensor(test.targets, dtype=torch.int64), tuple(train.classes), str(raw))
+
+
+def _read_idx(path: Path) -> torch.Tensor:
+    """An idx file of unsigned bytes (MNIST's format): magic 0x0000 08 NDIM, NDIM big-endian sizes, the data."""
+    data = path.read_bytes()
+    if len(data) < 4 or data[:3] != b"\x00\x00\x08" or not 1 <= data[3] <= 4:
+        raise ValueError(f"{path.name} is not an idx file of unsigned bytes")
+    ndim = data[3]
+    head = 4 + 4 * ndim
+    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    count = 1
+    for d in dims:
+        count *= d
+    if len(data) != head + count:
+        raise ValueError(f"{path.name} should hold {head + count:,} bytes for shape {tuple(dims)} but has {len(data):,}")
+    return torch.frombuffer(bytearray(data[head:]), dtype=torch.uint8).view(*dims)
 
 
 def synthetic(shape: tuple[int, ...] = (1, 28, 28), n_train: int = SYNTHETIC_TRAIN, n_test: int = SYNTHETIC_TEST,

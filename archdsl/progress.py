@@ -34,8 +34,11 @@ def header_lines(info: RunInfo) -> list[str]:
         parts[-1] += f" ({src})"
     out.append("recipe: " + ", ".join(parts))
     opts = [f"channels_last {'on' if info.channels_last else 'off'}",
-            f"bf16 autocast {'on' if info.amp else 'off'}", f"compile {'on' if c.compile else 'off'}"]
+            f"bf16 autocast {'on' if info.amp else 'off'}", f"compile {'on' if c.compile else 'off'}",
+            f"tune {'off' if info.tuning is None else 'on'}"]
     out.append("options: " + ", ".join(opts))
+    if info.tuning is not None:
+        out.append(f"tuning: {info.tuning}")
     if info.run_dir is not None:
         resumed = f" (resuming after epoch {info.start_epoch})" if info.start_epoch else ""
         out.append(f"run directory: {info.run_dir}{resumed}")

@@ -30,6 +30,12 @@ CHECKPOINT_FORMAT = 1
 CHECKPOINTS = ("last", "best")
 
 
+def user_cache_dir() -> Path:
+    """archdsl's per-user cache (data sets, layer timings): $XDG_CACHE_HOME/archdsl, or ~/.cache/archdsl."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "archdsl"
+
+
 class RunDir:
     """One run's directory and the files in it."""
 

@@ -18,6 +18,10 @@ Speed, without changing those numbers beyond float rounding:
 - on the CPU with glibc, freed memory is kept for reuse (see `keep_freed_memory`): without it
   every step's activations are unmapped and page-faulted back in (measured: 15-19% system time,
   epochs 25-35% slower for LeNet);
+- on the CPU, each conv and average-pooling layer runs the fastest of a few equivalent
+  formulations, timed on the first batch (see archdsl/tuning.py; measured: LeNet's pooling
+  3x faster as a matrix product, a conv's weight gradient 2-3x faster in channels_last);
+  `--no-tune` keeps torch's kernels;
 - on CUDA, channels_last memory format and bf16 autocast by default; optional torch.compile.
   (Both are off on the CPU by default. There channels_last depends on the network: on a 2-core
   CPU it measured about 10% faster per step for LeNet, AlexNet and ResNet-18, and 30% slower for
@@ -47,6 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import data as D
+from . import tuning as T
 from .errors import ArchError
 from .plan import Recipe
 from .runs import RunDir
@@ -79,6 +84,7 @@ class TrainConfig:
     amp: bool | None = None  # bf16 autocast; None: on for CUDA
     channels_last: bool | None = None  # None: on for image inputs on CUDA
     compile: bool = False
+    tune: bool | None = None  # time faster layer formulations on the first batch; None: on for the CPU
     data_root: str | None = None
     download: bool = True
 
@@ -369,6 +375,7 @@ class RunInfo:
     channels_last: bool
     run_dir: Path | None
     start_epoch: int  # epochs already done (resume)
+    tuning: str | None = None  # what archdsl.tuning picked, in words; None when it did not run
 
 
 class Reporter:
@@ -486,6 +493,7 @@ def train(model_or_spec: Any = None, *, dataset: str | None = None, epochs: int 
           batch_size: int | None = None, lr: float | None = None, resize: int | None = None,
           seed: int | None = None, limit: int | None = None, init: str | None = None,
           device: str = "auto", amp: bool | None = None, channels_last: bool | None = None, compile: bool = False,
+          tune: bool | None = None,
           data_root: str | os.PathLike[str] | None = None, download: bool = True, input_shape: Any = None,
           params: Mapping[str, Any] | None = None, out: str | os.PathLike[str] | bool | None = None,
           resume: str | os.PathLike[str] | None = None, progress: Reporter | bool | None = True,
@@ -513,7 +521,7 @@ def train(model_or_spec: Any = None, *, dataset: str | None = None, epochs: int 
             model_or_spec, {k: v for k, v in dict(dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr,
                                                   resize=resize, seed=seed, limit=limit, init=init).items()
                             if v is not None},
-            dict(device=str(device), amp=amp, channels_last=channels_last, compile=bool(compile),
+            dict(device=str(device), amp=amp, channels_last=channels_last, compile=bool(compile), tune=tune,
                  data_root=None if data_root is None else str(data_root), download=bool(download)),
             {**dict(params or {}), **spec_params}, input_shape, out, resume)
     finally:
@@ -585,8 +593,9 @@ class _Trainer:
 
         records: list[EpochRecord] = []
         start = 0
-        if saved is not None:
-            state = run.load_checkpoint("last", map_location=dev)
+        state = run.load_checkpoint("last", map_location=dev) if saved is not None else None
+        tuned = _tuning(loop, config, dev, use_amp, use_cl, state)
+        if state is not None:
             _check_same_network(state, arch, run, net.display)
             model.load_state_dict(state["model"])
             loop.opt.load_state_dict(state["optimizer"])
@@ -599,41 +608,44 @@ class _Trainer:
             run.write_metrics(r.to_dict() for r in records)
             saved.setdefault("resumed", []).append({"at_epoch": start, "time": _now(), "device": str(dev)})
             saved["recipe"]["epochs"] = config.epochs
-            saved["runtime"] = _runtime(config, dev, use_amp, use_cl)
+            saved["runtime"] = _runtime(config, dev, use_amp, use_cl, tuned)
             run.write_config(saved)
         elif out:
             run = RunDir.create(None if out is True else out, net.name)
             if net.text is not None:
                 run.write_spec(net.text)
-            run.write_config(_config_json(net, config, sources, data, shape, model, arch, dev, use_amp, use_cl))
+            run.write_config(_config_json(net, config, sources, data, shape, model, arch, dev, use_amp, use_cl, tuned))
 
-        ckpt = _Checkpointer(run, loop, arch, net, config) if run is not None else None
+        ckpt = _Checkpointer(run, loop, arch, net, config, tuned) if run is not None else None
         if ckpt is not None and saved is None:
             ckpt.save(0, records)  # Ctrl-C in the first epoch can resume from here
         info = RunInfo(net.display, str(dev), config, sources, data.name, data.source, len(data.train_y),
                        len(data.test_y), shape, sum(p.numel() for p in model.parameters()), use_amp, use_cl,
-                       run.path if run is not None else None, start)
+                       run.path if run is not None else None, start, tuned.describe() if tuned is not None else None)
         history = History(records, model, str(dev), info.run_dir, config)
         self.reporter.start(info)
 
         epoch, unsaved = start, False
+        curves = _Curves(run, config.epochs, Path(net.display).name)
         try:
-            for epoch in range(start + 1, config.epochs + 1):
-                self.reporter.epoch_start(epoch, config.epochs, loop.batches)
-                with flush_denormals(dev):
-                    record = loop.epoch(epoch)
-                best = not records or record.test_acc > max(r.test_acc for r in records)
-                records.append(record)
-                unsaved = True
-                if ckpt is not None:
-                    ckpt.save(epoch, records, best=best)
-                    run.append_metrics(record.to_dict())
-                    run.write_curves([r.to_dict() for r in records], config.epochs, Path(net.display).name)
-                unsaved = False
-                self.reporter.epoch_end(record, config.epochs, best)
+            with T.applied(model, tuned):  # the tuned layers' forward while training; torch's again after
+                for epoch in range(start + 1, config.epochs + 1):
+                    self.reporter.epoch_start(epoch, config.epochs, loop.batches)
+                    with flush_denormals(dev):
+                        record = loop.epoch(epoch)
+                    best = not records or record.test_acc > max(r.test_acc for r in records)
+                    records.append(record)
+                    unsaved = True
+                    if ckpt is not None:
+                        ckpt.save(epoch, records, best=best)
+                        run.append_metrics(record.to_dict())
+                        curves.draw(records, last=epoch == config.epochs)
+                    unsaved = False
+                    self.reporter.epoch_end(record, config.epochs, best)
         except KeyboardInterrupt:
             if ckpt is not None and unsaved:  # the epoch finished but was not saved yet
                 ckpt.save(len(records), records, best=records[-1] is history.best)
+            curves.draw(records, last=True)
             raise Interrupted(epoch, len(records), history, history.run_dir, net.path) from None
         if run is not None:
             from .runs import atomic_save
@@ -763,11 +775,48 @@ class _Loop:
         return total
 
 
+def _tuning(loop: _Loop, config: TrainConfig, dev: torch.device, amp: bool, channels_last: bool,
+            state: Mapping[str, Any] | None) -> T.Tuning | None:
+    """The layer formulations for this run: a resumed run keeps its own, a new one times them on its first batch.
+
+    CPU only, and not with torch.compile (which writes its own kernels), bf16 autocast or
+    channels_last (the candidates are timed in fp32 NCHW); `tune=False` keeps torch's kernels.
+    """
+    if config.tune is False or dev.type != "cpu" or config.compile or amp or channels_last:
+        return None
+    if state is not None:  # keep the interrupted run's arithmetic (none for runs saved without tuning)
+        return T.Tuning(dict(state["tuning"])) if state.get("tuning") else None
+    with flush_denormals(dev):
+        return T.tune(loop.model, loop.inputs(loop.data.train_x[:config.batch_size]))
+
+
+class _Curves:
+    """Redraws the run's curves.png: after an epoch when the last drawing is CURVES_EVERY seconds old, and at the end.
+
+    A drawing costs about 0.1 s (0.5 s with the first matplotlib import): every epoch would add 4%
+    to LeNet's 2-second CPU epochs, while a run with long epochs still gets one per epoch.
+    """
+
+    CURVES_EVERY = 30.0
+
+    def __init__(self, run: RunDir | None, epochs: int, title: str) -> None:
+        self.run, self.epochs, self.title = run, epochs, title
+        self.drawn_at, self.drawn = time.monotonic(), 0
+
+    def draw(self, records: list[EpochRecord], last: bool = False) -> None:
+        if self.run is None or not records or len(records) == self.drawn:
+            return
+        if last or time.monotonic() - self.drawn_at >= self.CURVES_EVERY:
+            self.run.write_curves([r.to_dict() for r in records], self.epochs, self.title)
+            self.drawn_at, self.drawn = time.monotonic(), len(records)
+
+
 class _Checkpointer:
     """Writes checkpoints/last.pt (every epoch) and best.pt: tensors and plain containers only."""
 
-    def __init__(self, run: RunDir, loop: _Loop, arch: str, net: _Network, config: TrainConfig) -> None:
-        self.run, self.loop, self.arch, self.net, self.config = run, loop, arch, net, config
+    def __init__(self, run: RunDir, loop: _Loop, arch: str, net: _Network, config: TrainConfig,
+                 tuned: T.Tuning | None) -> None:
+        self.run, self.loop, self.arch, self.net, self.config, self.tuned = run, loop, arch, net, config, tuned
 
     def save(self, epoch: int, records: list[EpochRecord], best: bool = False) -> None:
         state = {
@@ -781,6 +830,7 @@ class _Checkpointer:
             "spec": self.net.text or "",
             "params": {k: str(v) for k, v in self.net.params.items()},
             "recipe": self.config.recipe(),
+            "tuning": self.tuned.to_dict() if self.tuned is not None else None,
         }
         self.run.save_checkpoint(state, "last")
         if best:
@@ -847,10 +897,12 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-def _runtime(config: TrainConfig, dev: torch.device, amp: bool, channels_last: bool) -> dict[str, Any]:
+def _runtime(config: TrainConfig, dev: torch.device, amp: bool, channels_last: bool,
+             tuned: T.Tuning | None) -> dict[str, Any]:
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine()
     return {"device_requested": config.device, "device": str(dev), "device_name": name, "amp_bf16": amp,
             "channels_last": channels_last, "compile": config.compile, "data_root": config.data_root,
+            "tuning": tuned.to_dict() if tuned is not None else None,
             "threads": torch.get_num_threads()}
 
 
@@ -868,13 +920,14 @@ def _versions() -> dict[str, Any]:
 
 
 def _config_json(net: _Network, config: TrainConfig, sources: dict, data: D.ImageData, shape: tuple,
-                 model: nn.Module, arch: str, dev: torch.device, amp: bool, channels_last: bool) -> dict[str, Any]:
+                 model: nn.Module, arch: str, dev: torch.device, amp: bool, channels_last: bool,
+                 tuned: T.Tuning | None) -> dict[str, Any]:
     return {
         "spec": {"path": net.path, "name": net.display, "params": {k: str(v) for k, v in net.params.items()},
                  "input_shape": list(shape)},
         "recipe": config.recipe(),
         "sources": sources,
-        "runtime": _runtime(config, dev, amp, channels_last),
+        "runtime": _runtime(config, dev, amp, channels_last, tuned),
         "data": {"name": data.name, "source": data.source, "train": len(data.train_y), "test": len(data.test_y),
                  "image_shape": list(data.image_shape), "classes": list(data.classes)},
         "model": {"params": sum(p.numel() for p in model.parameters()),

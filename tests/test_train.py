@@ -457,10 +457,12 @@ def test_the_notebook_default_prints_lines_and_the_seed_summary(capsys):
     assert lines[1:4] == ["data: synthetic, 256 train / 512 test images (made in memory)",
                           "recipe: batch 64 (--batch-size), lr 0.1 (--lr), epochs 2 (--epochs), seed 0 (default), "
                           "limit 256 (--limit), init xavier (default)",
-                          "options: channels_last off, bf16 autocast off, compile off"]
+                          "options: channels_last off, bf16 autocast off, compile off, tune on"]
+    assert re.fullmatch(r"tuning: (1 of 1 layers run faster formulations \(conv .*\)|1 layers timed, torch's kernels "
+                        r"kept)", lines[4])
     assert re.fullmatch(r"epoch 1/2  loss \d\.\d{3}  train acc \d\.\d{3}  test acc \d\.\d{3}  [\d,]+ ex/s  "
-                        r"\d+\.\ds  \*", lines[4])  # * marks a new best test accuracy
-    assert lines[5].startswith("epoch 2/2  loss ")
+                        r"\d+\.\ds  \*", lines[5])  # * marks a new best test accuracy
+    assert lines[6].startswith("epoch 2/2  loss ")
     assert lines[-2] == f"loss {h.train_loss:.3f}, train acc {h.train_acc:.3f}, test acc {h.test_acc:.3f}"
     assert re.fullmatch(r"\d+\.\d examples/sec on cpu", lines[-1])
     assert "examples/sec wall-clock (training + test)" in lines[-3]

@@ -49,7 +49,10 @@ def test_train_prints_one_line_per_epoch_and_ends_with_the_seed_summary(tmp_path
     lines = r.stdout.splitlines()
     assert lines[0] == f"training on cpu: {LENET}, 61,706 params, input 1x28x28"
     assert lines[2].startswith("recipe: batch 64 (--batch-size), lr 0.1 (--lr), epochs 2 (--epochs), seed 0")
-    assert lines[4] == f"run directory: {tmp_path / 'run'}"
+    assert lines[3].startswith("options: ") and lines[3].endswith("tune on")
+    assert lines[4].startswith("tuning: 4 layers timed") or re.fullmatch(
+        r"tuning: \d of 4 layers run faster formulations \((avgpool gemm|conv [a-z -]+)( x2)?(, .*)?\)", lines[4])
+    assert lines[5] == f"run directory: {tmp_path / 'run'}"
     assert [x.split("  ")[0] for x in lines if x.startswith("epoch")] == ["epoch 1/2", "epoch 2/2"]
     assert re.fullmatch(r"loss \d\.\d{3}, train acc \d\.\d{3}, test acc \d\.\d{3}", lines[-2])
     assert re.fullmatch(r"\d+\.\d examples/sec on cpu", lines[-1])
