@@ -625,7 +625,7 @@ class _Trainer:
         history = History(records, model, str(dev), info.run_dir, config)
         self.reporter.start(info)
 
-        epoch, unsaved = start, False
+        unsaved = False
         curves = _Curves(run, config.epochs, Path(net.display).name)
         try:
             with T.applied(model, tuned):  # the tuned layers' forward while training; torch's again after
@@ -646,7 +646,8 @@ class _Trainer:
             if ckpt is not None and unsaved:  # the epoch finished but was not saved yet
                 ckpt.save(len(records), records, best=records[-1] is history.best)
             curves.draw(records, last=True)
-            raise Interrupted(epoch, len(records), history, history.run_dir, net.path) from None
+            # the epoch in progress is the first unfinished one (Ctrl-C may land between epochs)
+            raise Interrupted(len(records) + 1, len(records), history, history.run_dir, net.path) from None
         if run is not None:
             from .runs import atomic_save
 
