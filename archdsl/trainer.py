@@ -625,11 +625,12 @@ class _Trainer:
         history = History(records, model, str(dev), info.run_dir, config)
         self.reporter.start(info)
 
-        unsaved = False
+        unsaved, running = False, start + 1  # running: the epoch a Ctrl-C interrupts
         curves = _Curves(run, config.epochs, Path(net.display).name)
         try:
             with T.applied(model, tuned):  # the tuned layers' forward while training; torch's again after
                 for epoch in range(start + 1, config.epochs + 1):
+                    running = epoch
                     self.reporter.epoch_start(epoch, config.epochs, loop.batches)
                     with flush_denormals(dev):
                         record = loop.epoch(epoch)
@@ -642,12 +643,12 @@ class _Trainer:
                         curves.draw(records, last=epoch == config.epochs)
                     unsaved = False
                     self.reporter.epoch_end(record, config.epochs, best)
+                    running = epoch + 1  # a Ctrl-C from here on stops the next one
         except KeyboardInterrupt:
             if ckpt is not None and unsaved:  # the epoch finished but was not saved yet
                 ckpt.save(len(records), records, best=records[-1] is history.best)
             curves.draw(records, last=True)
-            # the epoch in progress is the first unfinished one (Ctrl-C may land between epochs)
-            raise Interrupted(len(records) + 1, len(records), history, history.run_dir, net.path) from None
+            raise Interrupted(running, len(records), history, history.run_dir, net.path) from None
         if run is not None:
             from .runs import atomic_save
 

@@ -1,6 +1,7 @@
 """The seeds' d2l training loop vs `archdsl train`: same spec, recipe, seed and device, one process.
 
     python benchmarks/bench_train.py                                  # LeNet, its recipe, 10 epochs
+    python benchmarks/bench_train.py --repeat 3                       # d2l, archdsl, d2l, ...: medians
     python benchmarks/bench_train.py --epochs 2 --limit 10000         # a shorter look
     python benchmarks/bench_train.py specs/alexnet.arch --device cuda --epochs 1
     python benchmarks/bench_train.py specs/vgg.arch --set ratio=4 --device cuda
@@ -17,6 +18,9 @@ curves.png) included, written to a temporary folder.
 
 Printed: wall-clock time of each whole run (data set, workers, model, training, testing),
 examples/sec two ways (wall-clock, and d2l's step-only figure), and the final test accuracy.
+With --repeat N the two sides take turns N times and each figure is the median (wall-clock
+with its range), and the speed-up is the median of the N pairs' ratios: on a shared machine
+whose speed drifts, a pair run back to back is the fair comparison.
 This is a benchmark, not a test: nothing is asserted.
 """
 
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -202,6 +207,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=4, help="DataLoader workers on the d2l side (the seeds use 4)")
     ap.add_argument("--data-root")
     ap.add_argument("--skip", choices=["d2l", "archdsl"], help="run only the other side")
+    ap.add_argument("--repeat", type=int, default=1, help="run the sides in turn N times; report medians")
     args = ap.parse_args()
     warnings.filterwarnings("ignore", message=".*worker processes in total.*")  # 4 workers on a small machine
 
@@ -219,26 +225,35 @@ def main() -> None:
           f"lr {recipe['lr']}, {recipe['epochs']} epochs, resize {recipe['resize']}, seed {recipe['seed']}"
           + (f", first {args.limit:,} training examples" if args.limit else ""), flush=True)
 
-    results = {}
-    if args.skip != "d2l":
-        print("d2l loop (the seeds' code):", flush=True)
-        results["d2l loop (seeds)"] = run_d2l(args, recipe, params, device)
-    if args.skip != "archdsl":
-        print("archdsl train:", flush=True)
-        results["archdsl train"] = run_archdsl(args, recipe, params, device)
+    sides = [(name, fn) for name, fn, skip in (("d2l loop (seeds)", run_d2l, "d2l"),
+                                               ("archdsl train", run_archdsl, "archdsl")) if args.skip != skip]
+    runs: dict[str, list[dict]] = {name: [] for name, _ in sides}
+    for i in range(max(1, args.repeat)):
+        for name, fn in sides:
+            print(f"{name}" + (f", round {i + 1}/{args.repeat}" if args.repeat > 1 else "") + ":", flush=True)
+            runs[name].append(fn(args, recipe, params, device))
+
+    def med(rs, key):
+        return statistics.median(r[key] for r in rs)
 
     print()
     print(f"{'':<18} {'wall-clock':>11} {'examples/sec':>13} {'examples/sec':>13} {'train loss':>11} "
-          f"{'test acc':>9}")
+          f"{'test acc':>9}" + (f"  {'wall-clock range':>17}" if args.repeat > 1 else ""))
     print(f"{'':<18} {'':>11} {'(wall-clock)':>13} {'(steps, d2l)':>13} {'':>11} {'':>9}")
-    for name, r in results.items():
-        print(f"{name:<18} {r['wall']:>10.1f}s {r['examples'] / r['wall']:>13,.0f} {r['step_rate']:>13,.0f} "
-              f"{r['loss']:>11.3f} {r['test_acc']:>9.3f}")
-    if len(results) == 2:
-        d2l, ours = results.values()
-        print(f"{'archdsl / d2l':<18} {d2l['wall'] / ours['wall']:>10.1f}x {'':>13} "
-              f"{ours['step_rate'] / d2l['step_rate']:>12.1f}x")
-
+    for name, rs in runs.items():
+        rates = [r["examples"] / r["wall"] for r in rs]
+        line = (f"{name:<18} {med(rs, 'wall'):>10.1f}s {statistics.median(rates):>13,.0f} "
+                f"{med(rs, 'step_rate'):>13,.0f} {med(rs, 'loss'):>11.3f} {med(rs, 'test_acc'):>9.3f}")
+        if args.repeat > 1:
+            line += f"  {min(r['wall'] for r in rs):>7.1f}s-{max(r['wall'] for r in rs):.1f}s"
+        print(line)
+    if len(runs) == 2:
+        d2l, ours = runs.values()
+        wall = statistics.median(a["wall"] / b["wall"] for a, b in zip(d2l, ours))
+        step = statistics.median(b["step_rate"] / a["step_rate"] for a, b in zip(d2l, ours))
+        pairs = ", ".join(f"{a['wall'] / b['wall']:.2f}x" for a, b in zip(d2l, ours))
+        print(f"{'archdsl / d2l':<18} {wall:>10.1f}x {'':>13} {step:>12.1f}x"
+              + (f"   (pairs: {pairs})" if args.repeat > 1 else ""))
 
 if __name__ == "__main__":
     main()
