@@ -225,3 +225,30 @@ def test_resized_hw_is_transforms_resize_with_an_int():
     assert resized_hw(28, 28, 224) == (224, 224)
     assert resized_hw(32, 48, 24) == (24, 36) and resized_hw(48, 32, 24) == (36, 24)
     assert resized_hw(30, 47, 10) == (10, 15)  # int() truncates, as torchvision does
+
+
+def test_the_mnist_family_loads_without_importing_torchvision(bare):
+    """torchvision's import costs ~2 s (it pulls in torch._dynamo); idx files need none of it."""
+    import subprocess
+    import sys
+
+    write_mnist(bare / "root" / "FashionMNIST" / "raw", 12, 5, 7)
+    code = ("import sys; from archdsl import data as D; d = D.load('fashion-mnist', sys.argv[1]); "
+            "print('torchvision' in sys.modules, tuple(d.train_x.shape), d.classes[0], d.classes[9])")
+    out = subprocess.run([sys.executable, "-c", code, str(bare / "root")], capture_output=True, text=True,
+                         check=True).stdout.split(maxsplit=1)
+    assert out == ["False", "(12, 1, 28, 28) T-shirt/top Ankle boot\n"]
+
+
+@pytest.mark.parametrize("damage", ["magic", "short"])
+def test_a_damaged_idx_file_names_the_file_and_the_fix(bare, damage):
+    raw = write_mnist(bare / "root" / "MNIST" / "raw", 12, 5, 7)
+    f = raw / "t10k-labels-idx1-ubyte"
+    data = f.read_bytes()
+    f.write_bytes(b"\x00\x00\x09\x01" + data[4:] if damage == "magic" else data[:-2])
+    with pytest.raises(ArchError) as info:
+        D.load("mnist", bare / "root")
+    text = info.value.render()
+    why = "is not an idx file of unsigned bytes" if damage == "magic" else "should hold 13 bytes for shape (5,) but has 11"
+    assert "cannot read mnist" in text and f"t10k-labels-idx1-ubyte {why}" in text
+    assert f"delete {raw}" in text
