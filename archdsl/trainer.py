@@ -911,11 +911,11 @@ def _runtime(config: TrainConfig, dev: torch.device, amp: bool, channels_last: b
 def _versions() -> dict[str, Any]:
     from . import __version__
 
-    try:
-        import torchvision
+    from importlib import metadata
 
-        tv = torchvision.__version__
-    except ImportError:  # pragma: no cover - torchvision is a dependency
+    try:  # its installed version, without the 2-second import
+        tv = metadata.version("torchvision")
+    except metadata.PackageNotFoundError:  # pragma: no cover - torchvision is a dependency
         tv = None
     return {"archdsl": __version__, "python": platform.python_version(), "torch": torch.__version__,
             "torchvision": tv, "cuda": torch.version.cuda, "platform": platform.platform()}
