@@ -641,9 +641,8 @@ class _Trainer:
                         ckpt.save(epoch, records, best=best)
                         run.append_metrics(record.to_dict())
                         curves.draw(records, last=epoch == config.epochs)
-                    unsaved = False
+                    unsaved, running = False, epoch + 1  # saved: a Ctrl-C from here on stops the next one
                     self.reporter.epoch_end(record, config.epochs, best)
-                    running = epoch + 1  # a Ctrl-C from here on stops the next one
         except KeyboardInterrupt:
             if ckpt is not None and unsaved:  # the epoch finished but was not saved yet
                 ckpt.save(len(records), records, best=records[-1] is history.best)
