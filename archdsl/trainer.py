@@ -908,9 +908,9 @@ def _runtime(config: TrainConfig, dev: torch.device, amp: bool, channels_last: b
 
 
 def _versions() -> dict[str, Any]:
-    from . import __version__
-
     from importlib import metadata
+
+    from . import __version__
 
     try:  # its installed version, without the 2-second import
         tv = metadata.version("torchvision")

@@ -39,8 +39,8 @@ CL = torch.channels_last
 NATIVE = "native"
 # A candidate must beat torch's own kernel by this factor: a near tie is not worth a new rounding.
 MARGIN = 0.9
-# The pooling matrix does kh*W multiply-adds per output where torch's kernel does kh*kw adds: past
-# this width the product cannot win, so it is not timed.
+# The pooling matrix does kh*W multiply-adds per output where torch's kernel does kh*kw adds: rows
+# wider than this are not worth timing.
 POOL_GEMM_MAX_ROW = 512
 
 
@@ -102,6 +102,8 @@ class _Conv2d(torch.autograd.Function):
 def conv2d_forward(conv: nn.Conv2d, fwd: str, grad_input: str, grad_weight: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """conv's forward with each part in the given layout ("nchw" or "cl")."""
     def forward(x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:  # an unbatched image: torch's own path
+            return nn.Conv2d.forward(conv, x)
         return _Conv2d.apply(x, conv.weight, conv.bias, conv, fwd, grad_input, grad_weight)
     return forward
 

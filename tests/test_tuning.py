@@ -68,6 +68,7 @@ def test_every_conv_layout_mix_is_the_same_conv(config, channels_last):
         x = x.contiguous(memory_format=torch.channels_last)
     for layouts in itertools.product(LAYOUTS, repeat=3):
         same_function(conv, x, T.conv2d_forward(conv, *layouts))
+    same_function(conv, x[0], T.conv2d_forward(conv, "cl", "cl", "cl"))  # unbatched (C, H, W)
 
 
 @pytest.mark.parametrize("kernel", [2, 3, (2, 3)])
