@@ -189,3 +189,20 @@ def test_no_tune_runs_torchs_kernels_and_says_so(tmp_path):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["runtime"]["tuning"] is None
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["tuning"] is None
     assert not (tmp_path / "cache" / "archdsl" / "tuning.json").exists()
+
+
+def test_layers_inside_branches_are_tuned_and_put_back():
+    torch.manual_seed(0)
+    net = archdsl.build("input 3x16x16\nconv(8, k3, p1) relu add([conv(8, k3, p1) avgpool(2, 2) flatten linear(8)], "
+                        "[avgpool(2, 2) conv(8, k1) flatten linear(8)]) relu linear(10)")
+    x = torch.rand(16, 3, 16, 16)
+    tuned = T.tune(net, x)
+    nested = [name for name in tuned.choices if "paths" in name]
+    assert len(nested) == 4 and len(tuned.choices) == 5
+    forced = T.Tuning({name: ("avgpool gemm" if isinstance(m, nn.AvgPool2d) else "conv forward cl grad-weight cl")
+                       for name, m in T.tunable(net).items()})
+    expected = net(x)
+    with T.applied(net, forced):
+        assert all("forward" in vars(m) for m in T.tunable(net).values())
+        torch.testing.assert_close(net(x), expected, rtol=1e-4, atol=1e-5)
+    assert not any("forward" in vars(m) for m in net.modules())
