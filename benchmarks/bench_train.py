@@ -166,8 +166,9 @@ def run_d2l(args, recipe, params, device):
 
 def run_archdsl(args, recipe, params, device):
     class Lines(PlainReporter):
-        def start(self, info):
-            pass
+        def start(self, info):  # only what differs from a plain torch loop
+            if info.tuning is not None:
+                self._out(f"tuning: {info.tuning}")
 
         def end(self, history):
             pass
