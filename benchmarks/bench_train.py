@@ -1,7 +1,7 @@
 """The seeds' d2l training loop vs `archdsl train`: same spec, recipe, seed and device, one process.
 
     python benchmarks/bench_train.py                                  # LeNet, its recipe, 10 epochs
-    python benchmarks/bench_train.py --repeat 3                       # d2l, archdsl, d2l, ...: medians
+    python benchmarks/bench_train.py --repeat 3                       # 3 rounds, 3 processes: medians
     python benchmarks/bench_train.py --epochs 2 --limit 10000         # a shorter look
     python benchmarks/bench_train.py specs/alexnet.arch --device cuda --epochs 1
     python benchmarks/bench_train.py specs/vgg.arch --set ratio=4 --device cuda
@@ -18,17 +18,21 @@ curves.png) included, written to a temporary folder.
 
 Printed: wall-clock time of each whole run (data set, workers, model, training, testing),
 examples/sec two ways (wall-clock, and d2l's step-only figure), and the final test accuracy.
-With --repeat N the two sides take turns N times and each figure is the median (wall-clock
-with its range), and the speed-up is the median of the N pairs' ratios: on a shared machine
-whose speed drifts, a pair run back to back is the fair comparison.
+With --repeat N there are N rounds, each a fresh process that runs the d2l loop and then
+archdsl, as above; each figure is the median (wall-clock with its range), and the speed-up is
+the median of the N rounds' ratios: on a shared machine whose speed drifts, a pair run back to
+back is the fair comparison. A fresh process per round keeps the d2l side from inheriting
+the trainer's process-wide malloc setting (which makes any CPU loop faster) from a previous round.
 This is a benchmark, not a test: nothing is asserted.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -208,7 +212,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=4, help="DataLoader workers on the d2l side (the seeds use 4)")
     ap.add_argument("--data-root")
     ap.add_argument("--skip", choices=["d2l", "archdsl"], help="run only the other side")
-    ap.add_argument("--repeat", type=int, default=1, help="run the sides in turn N times; report medians")
+    ap.add_argument("--repeat", type=int, default=1, help="N rounds, each in a fresh process; report medians")
+    ap.add_argument("--round-json", help=argparse.SUPPRESS)  # a round run by --repeat writes its results here
     args = ap.parse_args()
     warnings.filterwarnings("ignore", message=".*worker processes in total.*")  # 4 workers on a small machine
 
@@ -229,10 +234,18 @@ def main() -> None:
     sides = [(name, fn) for name, fn, skip in (("d2l loop (seeds)", run_d2l, "d2l"),
                                                ("archdsl train", run_archdsl, "archdsl")) if args.skip != skip]
     runs: dict[str, list[dict]] = {name: [] for name, _ in sides}
-    for i in range(max(1, args.repeat)):
+    if args.repeat > 1:
+        for i in range(args.repeat):
+            print(f"round {i + 1}/{args.repeat}, a fresh process:", flush=True)
+            for name, result in run_round(args).items():
+                runs[name].append(result)
+    else:
         for name, fn in sides:
-            print(f"{name}" + (f", round {i + 1}/{args.repeat}" if args.repeat > 1 else "") + ":", flush=True)
+            print(f"{name}:", flush=True)
             runs[name].append(fn(args, recipe, params, device))
+    if args.round_json:
+        Path(args.round_json).write_text(json.dumps(runs))
+        return
 
     def med(rs, key):
         return statistics.median(r[key] for r in rs)
@@ -255,6 +268,22 @@ def main() -> None:
         pairs = ", ".join(f"{a['wall'] / b['wall']:.2f}x" for a, b in zip(d2l, ours))
         print(f"{'archdsl / d2l':<18} {wall:>10.1f}x {'':>13} {step:>12.1f}x"
               + (f"   (pairs: {pairs})" if args.repeat > 1 else ""))
+
+def run_round(args) -> dict[str, dict]:
+    """This script once more, in a new process, without --repeat; its results by side."""
+    argv, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif a == "--repeat":
+            skip = True
+        elif not a.startswith("--repeat="):
+            argv.append(a)
+    with tempfile.TemporaryDirectory(prefix="archdsl-bench-") as tmp:
+        out = Path(tmp) / "round.json"
+        subprocess.run([sys.executable, __file__, *argv, "--round-json", str(out)], check=True)
+        return {name: rs[0] for name, rs in json.loads(out.read_text()).items()}
+
 
 if __name__ == "__main__":
     main()
