@@ -20,7 +20,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, BinaryIO, Callable, Iterable, Mapping
 
 import torch
 
@@ -127,7 +127,7 @@ class RunDir:
         return [json.loads(line) for line in self.metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
 
     def write_curves(self, rows: list[Mapping[str, Any]], epochs: int, title: str = "") -> bool:
-        """curves.png, redrawn after each epoch so it can be watched during a run.
+        """curves.png, redrawn during a run so it can be watched.
 
         Without matplotlib (a bare GPU box, say) there is no PNG, and training goes on:
         returns False; metrics.jsonl holds the same numbers.
@@ -136,12 +136,7 @@ class RunDir:
             fig = plot_curves(rows, epochs, title)
         except ImportError:
             return False
-        tmp = self.curves.with_name(f".{self.curves.name}.{os.getpid()}.tmp")
-        try:
-            fig.savefig(tmp, format="png", dpi=100)
-            os.replace(tmp, self.curves)
-        finally:
-            tmp.unlink(missing_ok=True)
+        _atomic_write(self.curves, lambda f: fig.savefig(f, format="png", dpi=100))
         return True
 
     # Checkpoints -------------------------------------------------------------
@@ -180,25 +175,21 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
 
     A crash or Ctrl-C at any point leaves either the old file or the new one, never a torn one.
     """
+    _atomic_write(path, lambda f: torch.save(obj, f))
+    _fsync_dir(Path(path).parent)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def _atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> None:
+    """write(file) into a temporary file beside `path`, fsync, then rename it over `path`."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

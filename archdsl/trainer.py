@@ -42,7 +42,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -983,7 +983,7 @@ def evaluate_run(run_dir: str | os.PathLike[str], which: str = "best", *, device
     data = D.load(recipe["dataset"], root, download=download, shape=synth)
     config = TrainConfig(**{k: recipe[k] for k in RECIPE_KEYS}, device=device)
     if batch_size is not None:
-        config = TrainConfig(**{**config.__dict__, "batch_size": batch_size})
+        config = replace(config, batch_size=batch_size)
     size, _ = _input_size(data, config, _Network("", str(run.spec), None, None))
     use_cl = dev.type == "cuda" and len(data.image_shape) == 3
     model.to(dev)

@@ -50,6 +50,11 @@ def _fmt(t: torch.Tensor, layout: str) -> torch.Tensor:
     return t.contiguous(memory_format=CL) if layout == "cl" else t.contiguous()
 
 
+def _conv_args(c: nn.Conv2d) -> tuple:
+    """aten.convolution's arguments after (input, weight, bias): also convolution_backward's after bias_sizes."""
+    return (c.stride, c.padding, c.dilation, False, [0, 0], c.groups)
+
+
 def _layout_of(t: torch.Tensor) -> torch.memory_format:
     return CL if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=CL) else torch.contiguous_format
 
@@ -65,17 +70,15 @@ class _Conv2d(torch.autograd.Function):
     def forward(ctx, x, weight, bias, conv: nn.Conv2d, fwd: str, grad_input: str, grad_weight: str):
         ctx.save_for_backward(x, weight)
         ctx.conv, ctx.layouts, ctx.has_bias = conv, (grad_input, grad_weight), bias is not None
-        y = torch.ops.aten.convolution(_fmt(x, fwd), _fmt(weight, fwd), bias, conv.stride, conv.padding,
-                                       conv.dilation, False, [0, 0], conv.groups)
+        y = torch.ops.aten.convolution(_fmt(x, fwd), _fmt(weight, fwd), bias, *_conv_args(conv))
         return y.contiguous(memory_format=_layout_of(x))
 
     @staticmethod
     def backward(ctx, g):
         x, weight = ctx.saved_tensors
-        c = ctx.conv
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         need_b = need_b and ctx.has_bias
-        args = (c.stride, c.padding, c.dilation, False, [0, 0], c.groups)
+        args = _conv_args(ctx.conv)
         bias_sizes = [weight.shape[0]] if need_b else None
         gi_layout, gw_layout = ctx.layouts
         gx = gw = gb = None
@@ -232,15 +235,13 @@ def _conv_choice(conv: nn.Conv2d, x: torch.Tensor, train: bool) -> tuple[str, di
         y = conv(x)
     g = torch.randn_like(y)
     w = conv.weight.detach()
-    c = conv
-    args = (c.stride, c.padding, c.dilation, False, [0, 0], c.groups)
+    args = _conv_args(conv)
     t: dict[str, float] = {}
-    xd, bias = x.detach(), None if c.bias is None else c.bias.detach()
+    xd, bias = x.detach(), None if conv.bias is None else conv.bias.detach()
     with torch.no_grad():
         for lay in ("nchw", "cl"):  # each timed call below runs at once, inside this iteration
             wl = _fmt(w, lay)
-            t[f"forward {lay}"] = _timed(lambda: torch.ops.aten.convolution(
-                _fmt(xd, lay), wl, bias, c.stride, c.padding, c.dilation, False, [0, 0], c.groups))
+            t[f"forward {lay}"] = _timed(lambda: torch.ops.aten.convolution(_fmt(xd, lay), wl, bias, *args))
             if train:
                 if x.requires_grad:
                     t[f"grad-input {lay}"] = _timed(lambda: torch.ops.aten.convolution_backward(
