@@ -57,7 +57,8 @@ def closing_lines(h: History) -> list[str]:
     out = []
     if h.records:
         wall = sum(r.epoch_time for r in h.records)
-        out.append(f"{len(h.records)} epochs, {wall:.1f}s: {h.wall_examples_per_sec:,.1f} examples/sec wall-clock "
+        n = len(h.records)
+        out.append(f"{n} epoch{'s' * (n != 1)}, {wall:.1f}s: {h.wall_examples_per_sec:,.1f} examples/sec wall-clock "
                    f"(training + test), {h.examples_per_sec:,.1f} in training steps (d2l's measure)")
         best = h.best
         if h.run_dir is not None and best is not None:

@@ -737,7 +737,11 @@ class _Loop:
         cfg, data, dev = self.config, self.data, self.device
         t0 = time.perf_counter()
         self.model.train()
-        perm = torch.randperm(self.n, generator=self.shuffle).to(dev)  # (N,) on the device
+        perm = torch.randperm(self.n, generator=self.shuffle)  # (N,)
+        if dev.type == "cuda":  # from pinned memory the copy is queued like a kernel: no wait for the device
+            perm = perm.pin_memory().to(dev, non_blocking=True)
+        else:
+            perm = perm.to(dev)
         sums = torch.zeros(2, dtype=self.acc_dtype, device=dev)  # (loss sum, correct) over the epoch
         self.live.reset(sums)
         for i in range(self.batches):

@@ -465,7 +465,14 @@ def test_the_notebook_default_prints_lines_and_the_seed_summary(capsys):
     assert lines[6].startswith("epoch 2/2  loss ")
     assert lines[-2] == f"loss {h.train_loss:.3f}, train acc {h.train_acc:.3f}, test acc {h.test_acc:.3f}"
     assert re.fullmatch(r"\d+\.\d examples/sec on cpu", lines[-1])
-    assert "examples/sec wall-clock (training + test)" in lines[-3]
+    assert re.match(r"2 epochs, \d+\.\ds: [\d,.]+ examples/sec wall-clock \(training \+ test\)", lines[-3])
+
+
+def test_the_closing_line_counts_one_epoch_in_the_singular():
+    from archdsl.progress import closing_lines
+
+    one = History([EpochRecord(1, 2.0, 0.3, 0.35, 10, 1.0, 1.2)], nn.Identity(), "cpu")
+    assert closing_lines(one)[0].startswith("1 epoch, 1.2s: ")
 
 
 def test_both_speeds_are_measured():

@@ -1,0 +1,165 @@
+"""The trainer on a CUDA GPU: its defaults, no host sync per batch, resume, eval, the CLI.
+
+Skipped on a machine without CUDA (CI has none); run them where a GPU is lent:
+    python -m pytest -q tests/test_cuda.py
+"""
+
+import re
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import archdsl
+from archdsl import data as D
+from archdsl.cli import app
+from archdsl.errors import ArchError
+from archdsl.runs import RunDir
+from archdsl.trainer import Reporter, evaluate_run, images_to_input, resized_hw, resolve_device
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+SPECS = Path(__file__).resolve().parent.parent / "specs"
+TINY = "input 1x28x28\nconv(8, k3, p1) relu maxpool(2, 2) flatten dropout(0.5) linear(32) relu linear(10)"
+QUICK = dict(dataset="synthetic", limit=256, batch_size=64, lr=0.1, progress=False, device="cuda")
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv(D.ENV_VAR, raising=False)
+    monkeypatch.setenv(D.OFFLINE_ENV_VAR, "1")
+    monkeypatch.chdir(tmp_path)
+
+
+class Info(Reporter):
+    """Keeps the RunInfo, and reads the live values at every step as a progress bar would."""
+
+    def __init__(self):
+        self.info, self.reads = None, 0
+
+    def start(self, info):
+        self.info = info
+
+    def step(self, batch, batches, live):
+        live()
+        self.reads += 1
+
+
+def test_cuda_runs_with_bf16_and_channels_last_by_default():
+    r = Info()
+    h = archdsl.train(TINY, **{**QUICK, "progress": r}, epochs=3)
+    assert r.info.device.startswith("cuda:") and h.device == r.info.device
+    assert r.info.channels_last
+    assert r.info.amp == torch.cuda.is_bf16_supported()
+    assert r.info.tuning is None  # the CPU's layer tuning stays off on a GPU
+    assert next(h.model.parameters()).device.type == "cuda"
+    assert h.records[-1].train_loss < h.records[0].train_loss
+    assert h.test_acc > 0.5  # the synthetic classes are easy; chance is 0.1
+
+
+def test_flags_turn_bf16_and_channels_last_off():
+    r = Info()
+    archdsl.train(TINY, **{**QUICK, "progress": r}, epochs=1, amp=False, channels_last=False)
+    assert not r.info.amp and not r.info.channels_last
+
+
+def syncs_in_a_run(**kwargs) -> int:
+    """How many times a run makes the host wait for the GPU (torch's sync debug mode counts them)."""
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            archdsl.train(TINY, **{**QUICK, "progress": Info(), **kwargs})
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchronizing" in str(w.message) for w in caught)
+
+
+def test_no_host_sync_inside_an_epoch():
+    """4 or 16 batches an epoch, the host waits the same number of times: none of them per batch."""
+    syncs_in_a_run(epochs=1, limit=1024)  # warm-up: cuDNN's autotuning, the allocator, lazy modules
+    few = syncs_in_a_run(epochs=1, limit=256)  # 4 batches of 64
+    many = syncs_in_a_run(epochs=1, limit=1024)  # 16 batches of 64
+    assert few == many
+    two_epochs = syncs_in_a_run(epochs=2, limit=1024)
+    assert two_epochs - many <= 3  # the epoch's end: the training phase's timing and one read of the metrics
+
+
+def test_live_values_come_without_a_sync_and_catch_up():
+    seen = []
+
+    class Watch(Reporter):
+        def step(self, batch, batches, live):
+            torch.cuda.synchronize()  # give the asynchronous copy time to land
+            seen.append(live())
+
+    archdsl.train(TINY, **{**QUICK, "progress": Watch()}, epochs=1)
+    assert seen[0] is None or seen[0][0] > 0  # the first read only starts a copy
+    assert all(v is not None and v[0] > 0 and 0 <= v[1] <= 1 for v in seen[1:])
+
+
+@pytest.mark.parametrize("size", [224, 96, 20])
+def test_resize_on_the_gpu_equals_the_cpu(size):
+    x = D.synthetic(n_train=16, n_test=1).train_x  # (16, 1, 28, 28) uint8
+    hw = resized_hw(28, 28, size)
+    on_gpu = images_to_input(x.cuda(), hw, channels_last=True)
+    assert on_gpu.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(on_gpu.cpu(), images_to_input(x, hw), atol=1e-5)
+
+
+def test_resume_on_the_gpu_continues_the_run(tmp_path):
+    whole = archdsl.train(TINY, **QUICK, epochs=2, out=tmp_path / "whole")
+    first = archdsl.train(TINY, **QUICK, epochs=1, out=tmp_path / "part")
+    resumed = archdsl.train(resume=tmp_path / "part", epochs=2, device="cuda", progress=False)
+    assert [r.epoch for r in resumed] == [1, 2] and resumed.records[0] == first.records[0]
+    state = RunDir(tmp_path / "part").load_checkpoint("last", map_location="cpu")
+    assert state["epoch"] == 2 and "cuda" in state["rng"]
+    # bf16 and cuDNN's kernel choices are not bit-exact across runs; the curve is the same one
+    assert abs(resumed.test_acc - whole.test_acc) < 0.1
+
+
+def test_checkpoints_from_the_gpu_load_on_the_cpu(tmp_path):
+    archdsl.train(TINY, **QUICK, epochs=1, out=tmp_path / "run")
+    state = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
+    net = archdsl.build(TINY)
+    net.load_state_dict(state["model"])
+    weights = torch.load(tmp_path / "run" / "model.pt", map_location="cpu", weights_only=True)
+    assert all(t.device.type == "cpu" for t in weights.values())
+
+
+def test_eval_on_the_gpu_agrees_with_training(tmp_path):
+    h = archdsl.train(TINY, **QUICK, epochs=2, out=tmp_path / "run")
+    result = evaluate_run(tmp_path / "run", device="cuda")
+    assert result.device.startswith("cuda") and result.examples == 512
+    assert result.test_acc == pytest.approx(h.best.test_acc, abs=0.01)
+    on_cpu = evaluate_run(tmp_path / "run", device="cpu")
+    assert on_cpu.test_acc == pytest.approx(result.test_acc, abs=0.02)  # bf16 on the GPU, fp32 on the CPU
+
+
+def test_compile_trains(tmp_path):
+    h = archdsl.train(TINY, **QUICK, epochs=2, compile=True)
+    assert len(h) == 2 and h.records[-1].train_loss < h.records[0].train_loss
+
+
+def test_a_device_index_past_the_last_gpu_is_a_clear_error():
+    n = torch.cuda.device_count()
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)
+    with pytest.raises(ArchError, match=rf"--device cuda:{n}: this machine has {n} CUDA device"):
+        resolve_device(f"cuda:{n}")
+
+
+def test_the_cli_trains_on_cuda(tmp_path):
+    r = CliRunner().invoke(app, ["train", str(SPECS / "lenet.arch"), "--device", "cuda", "--dataset", "synthetic",
+                                 "--epochs", "1", "--limit", "512", "--out", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert re.fullmatch(r"training on cuda:\d+: .*lenet\.arch, 61,706 params, input 1x28x28", lines[0])
+    assert "channels_last on" in lines[3] and "tune off" in lines[3]
+    assert re.fullmatch(r"\d+\.\d examples/sec on cuda:\d+", lines[-1])
+    r = CliRunner().invoke(app, ["eval", str(tmp_path / "run"), "--device", "cuda"])
+    assert r.exit_code == 0, r.output
+    assert re.search(r"test acc \d\.\d{3} on 512 synthetic test images on cuda:\d+", r.stdout)
