@@ -576,14 +576,8 @@ class _Trainer:
         model = _build(net, shape)
         if config.init == "xavier" and saved is None:
             model.apply(init_weights)
-        use_cl = config.channels_last if config.channels_last is not None else (
-            dev.type == "cuda" and len(shape) == 3)
-        use_amp = config.amp if config.amp is not None else dev.type == "cuda"
-        if use_amp and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
-            use_amp = False  # pre-Ampere GPUs: bf16 would be emulated and slow; stay in fp32
-        model.to(dev)
-        if use_cl:
-            model.to(memory_format=torch.channels_last)
+        use_amp, use_cl = _precision(dev, config.amp, config.channels_last, shape)
+        _place(model, dev, use_cl)
         data = data.to(dev)
         if dev.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
@@ -654,6 +648,22 @@ class _Trainer:
             atomic_save(model.state_dict(), run.weights)
         self.reporter.end(history)
         return history
+
+
+def _precision(dev: torch.device, amp: bool | None, channels_last: bool | None,
+               shape: tuple[int, ...]) -> tuple[bool, bool]:
+    """(bf16 autocast, channels_last) for a run: what was asked, else on for CUDA (channels_last for images)."""
+    use_amp = amp if amp is not None else dev.type == "cuda"
+    if use_amp and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
+        use_amp = False  # pre-Ampere GPUs: bf16 would be emulated and slow; stay in fp32
+    use_cl = channels_last if channels_last is not None else dev.type == "cuda" and len(shape) == 3
+    return use_amp, use_cl
+
+
+def _place(model: nn.Module, dev: torch.device, channels_last: bool) -> None:
+    model.to(dev)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
 
 
 def _input_size(data: D.ImageData, config: TrainConfig, net: _Network) -> tuple[tuple[int, int] | None, tuple]:
@@ -988,14 +998,15 @@ def evaluate_run(run_dir: str | os.PathLike[str], which: str = "best", *, device
     config = TrainConfig(**{k: recipe[k] for k in RECIPE_KEYS}, device=device)
     if batch_size is not None:
         config = replace(config, batch_size=batch_size)
-    size, _ = _input_size(data, config, _Network("", str(run.spec), None, None))
-    use_cl = dev.type == "cuda" and len(data.image_shape) == 3
-    model.to(dev)
-    if use_cl:
-        model.to(memory_format=torch.channels_last)
+    size, shape = _input_size(data, config, _Network("", str(run.spec), None, None))
+    trained = saved.get("runtime") or {}
+    if str(trained.get("device") or "cpu").split(":")[0] == dev.type:  # measure as training did
+        use_amp, use_cl = _precision(dev, trained.get("amp_bf16"), trained.get("channels_last"), shape)
+    else:
+        use_amp, use_cl = _precision(dev, None, None, shape)
+    _place(model, dev, use_cl)
     data = data.to(dev)
-    loop = _Loop(model, data, config, dev, size, use_cl, dev.type == "cuda" and torch.cuda.is_bf16_supported(),
-                 Reporter())
+    loop = _Loop(model, data, config, dev, size, use_cl, use_amp, Reporter())
     with flush_denormals(dev):
         acc = loop.correct(data.test_x, data.test_y).item() / len(data.test_y)
     epoch = int(state["epoch"])

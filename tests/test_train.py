@@ -206,6 +206,12 @@ def test_best_checkpoint_is_the_best_test_accuracy(tmp_path):
     assert evaluate_run(tmp_path / "run", "last").test_acc == h.test_acc
 
 
+def test_eval_measures_in_the_precision_the_run_trained_in(tmp_path):
+    """A run trained with bf16 autocast is evaluated with it (fp32 gives 0.197 here, not 0.199)."""
+    h = archdsl.train(TINY, **{**QUICK, "lr": 0.01}, epochs=1, amp=True, out=tmp_path / "run")
+    assert evaluate_run(tmp_path / "run").test_acc == h.test_acc
+
+
 # Checkpoints -------------------------------------------------------------------
 
 def test_checkpoints_load_with_weights_only_and_hold_no_objects(tmp_path):
