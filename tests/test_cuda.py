@@ -19,19 +19,12 @@ from archdsl.errors import ArchError
 from archdsl.runs import RunDir
 from archdsl.trainer import Reporter, evaluate_run, images_to_input, resized_hw, resolve_device
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+              pytest.mark.usefixtures("offline")]
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 TINY = "input 1x28x28\nconv(8, k3, p1) relu maxpool(2, 2) flatten dropout(0.5) linear(32) relu linear(10)"
 QUICK = dict(dataset="synthetic", limit=256, batch_size=64, lr=0.1, progress=False, device="cuda")
-
-
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.delenv(D.ENV_VAR, raising=False)
-    monkeypatch.setenv(D.OFFLINE_ENV_VAR, "1")
-    monkeypatch.chdir(tmp_path)
 
 
 class Info(Reporter):

@@ -26,14 +26,7 @@ TINY = "input 1x28x28\nconv(8, k3, p1) relu maxpool(2, 2) flatten linear(32) rel
 DROPPY = "input 1x28x28\nconv(8, k3, p1) relu maxpool(2, 2) flatten dropout(0.5) linear(32) relu linear(10)"
 QUICK = dict(dataset="synthetic", limit=256, batch_size=64, lr=0.1, progress=False)
 
-
-@pytest.fixture(autouse=True)
-def no_data_anywhere(tmp_path, monkeypatch):
-    """Keep tests off the user's cache and the network; the real-data test brings its own."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.delenv(D.ENV_VAR, raising=False)
-    monkeypatch.setenv(D.OFFLINE_ENV_VAR, "1")
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("offline")  # off the user's cache and the network; the real-data test brings its own
 
 
 def numbers(history):

@@ -25,12 +25,8 @@ runner = CliRunner()
 
 
 @pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.delenv(D.ENV_VAR, raising=False)
-    monkeypatch.setenv(D.OFFLINE_ENV_VAR, "1")
+def isolated(offline, monkeypatch):
     monkeypatch.setattr(D, "SYSTEM_DIRS", {})  # no Debian package either: data is only what a test makes
-    monkeypatch.chdir(tmp_path)
 
 
 def run(*args):

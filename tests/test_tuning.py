@@ -15,13 +15,7 @@ from archdsl.runs import load_checkpoint
 
 LAYOUTS = ("nchw", "cl")
 
-
-@pytest.fixture(autouse=True)
-def own_cache(tmp_path, monkeypatch):
-    """Each test remembers its own choices, never the user's."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setenv("ARCHDSL_OFFLINE", "1")
-    monkeypatch.delenv("ARCHDSL_DATA", raising=False)
+pytestmark = pytest.mark.usefixtures("offline")  # each test remembers its own choices, never the user's
 
 
 def layout(t: torch.Tensor) -> tuple[int, ...]:
