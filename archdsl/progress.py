@@ -14,7 +14,8 @@ import sys
 import time
 from typing import Callable, TextIO
 
-from .trainer import EpochRecord, History, Reporter, RunInfo, TrainConfig
+from .history import EpochRecord, History
+from .trainer import Reporter, RunInfo, TrainConfig
 
 
 def header_lines(info: RunInfo) -> list[str]:

@@ -15,7 +15,7 @@ Speed, without changing those numbers beyond float rounding:
 - on the CPU, denormal floats are flushed to zero while training: sigmoid nets such as LeNet
   make many in their first epoch, and each costs ~100x a normal multiply (measured: LeNet's first
   epoch 18 s -> 4 s on a 2-core CPU, same accuracy); the setting is put back afterwards;
-- on the CPU with glibc, freed memory is kept for reuse (see `keep_freed_memory`): without it
+- on the CPU with glibc, freed memory is kept for reuse (see `devices.keep_freed_memory`): without it
   every step's activations are unmapped and page-faulted back in (measured: 15-19% system time,
   epochs 25-35% slower for LeNet);
 - on the CPU, each conv and average-pooling layer runs the fastest of a few equivalent
@@ -34,7 +34,6 @@ CLI's and the notebook printer).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import difflib
 import hashlib
 import math
@@ -42,9 +41,9 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +51,9 @@ from torch import nn
 
 from . import data as D
 from . import tuning as T
+from .devices import flush_denormals, keep_freed_memory, place, precision, resolve_device, sync
 from .errors import ArchError
+from .history import EpochRecord, History
 from .plan import Recipe
 from .runs import RunDir
 
@@ -127,86 +128,6 @@ def _whole(v: Any, what: str, lo: int, example: str) -> None:
         raise ArchError(f"{what} must be {bound}, such as {example}, not {v!r}")
 
 
-# Devices -------------------------------------------------------------------
-
-def resolve_device(name: str | torch.device = "auto") -> torch.device:
-    """auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps; one that is not there is an ArchError."""
-    text = str(name).strip().lower()
-    mps_ok = hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
-    if text == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", torch.cuda.current_device())
-        return torch.device("mps") if mps_ok else torch.device("cpu")
-    if text == "cpu":
-        return torch.device("cpu")
-    if text == "cuda" or text.startswith("cuda:"):
-        index_text = text[5:]
-        if text != "cuda" and not index_text.isdigit():
-            raise ArchError(f"--device {name}: a CUDA device is cuda or cuda:N, such as cuda:0")
-        if not torch.cuda.is_available():
-            why = "this torch has no CUDA support" if torch.version.cuda is None else "it sees no GPU"
-            raise ArchError(f"--device {name}: CUDA is not available on this machine (torch {torch.__version__}: "
-                            f"{why}); use --device cpu, or --device auto to take what there is")
-        count = torch.cuda.device_count()
-        index = int(index_text) if index_text else torch.cuda.current_device()
-        if index >= count:
-            raise ArchError(f"--device {name}: this machine has {count} CUDA device{'s' * (count != 1)} "
-                            f"(cuda:0{f' to cuda:{count - 1}' if count > 1 else ''})")
-        return torch.device("cuda", index)
-    if text == "mps":
-        if not mps_ok:
-            raise ArchError(f"--device {name}: Apple's MPS is not available on this machine; use --device cpu")
-        return torch.device("mps")
-    raise ArchError(f"unknown device {str(name)!r}; use auto, cpu, cuda, cuda:N or mps")
-
-
-@contextlib.contextmanager
-def flush_denormals(device: torch.device) -> Iterator[None]:
-    """On the CPU, treat denormal floats as zero for the duration (see the module doc); then put it back.
-
-    torch has no getter for this process-wide flag; its default, off, is what is restored.
-    """
-    on = device.type == "cpu" and torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        if on:
-            torch.set_flush_denormal(False)
-
-
-_MALLOC_TUNED: bool | None = None
-
-
-def keep_freed_memory() -> bool:
-    """Tell glibc's malloc to keep freed blocks for reuse instead of returning them to the OS.
-
-    PyTorch's CPU allocator frees each step's activations and gradients; glibc unmaps blocks
-    above its mmap threshold and trims the heap top, so the next step page-faults the same
-    megabytes in again. Raising the thresholds (32 MiB blocks, 1 GiB trim, 256 MiB top pad)
-    removes that cost at the price of a process that keeps its peak memory. Process-wide and
-    done once; a no-op (False) where the C library has no mallopt (macOS, musl, Windows).
-    """
-    global _MALLOC_TUNED
-    if _MALLOC_TUNED is None:
-        _MALLOC_TUNED = False
-        if sys.platform.startswith("linux"):
-            try:
-                mallopt = ctypes.CDLL("libc.so.6").mallopt
-                M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
-                _MALLOC_TUNED = all(mallopt(k, v) == 1 for k, v in (
-                    (M_MMAP_THRESHOLD, 32 << 20), (M_TRIM_THRESHOLD, 1 << 30), (M_TOP_PAD, 256 << 20)))
-            except (OSError, AttributeError):
-                pass
-    return _MALLOC_TUNED
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
 # Inputs: uint8 on the device -> the float batch the model takes --------------
 
 def resized_hw(h: int, w: int, size: int) -> tuple[int, int]:
@@ -234,114 +155,6 @@ def init_weights(m: nn.Module) -> None:
     """d2l's init_weights: Xavier-uniform weights for Linear and Conv layers; biases untouched."""
     if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         nn.init.xavier_uniform_(m.weight)
-
-
-# What a run produces --------------------------------------------------------
-
-@dataclass(frozen=True)
-class EpochRecord:
-    """One finished epoch: d2l's three metrics and how long it took.
-
-    `train_time` is the training phase (every step, with the batch gathering and resizing),
-    measured with one device sync at its end; `epoch_time` adds the test pass.
-    """
-
-    epoch: int
-    train_loss: float  # mean over the epoch's training examples
-    train_acc: float
-    test_acc: float  # on the whole test set
-    examples: int  # training examples this epoch
-    train_time: float
-    epoch_time: float
-
-    @property
-    def step_examples_per_sec(self) -> float:
-        """d2l's figure: training examples / time inside training steps."""
-        return self.examples / self.train_time if self.train_time > 0 else float("nan")
-
-    @property
-    def wall_examples_per_sec(self) -> float:
-        """Training examples / the whole epoch's wall time, test pass included."""
-        return self.examples / self.epoch_time if self.epoch_time > 0 else float("nan")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["step_examples_per_sec"] = round(self.step_examples_per_sec, 1)
-        d["wall_examples_per_sec"] = round(self.wall_examples_per_sec, 1)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> EpochRecord:
-        return cls(**{f.name: d[f.name] for f in fields(cls)})
-
-
-@dataclass
-class History:
-    """What `train` returns: one record per epoch, the trained model, and where the run lives."""
-
-    records: list[EpochRecord]
-    model: nn.Module
-    device: str
-    run_dir: Path | None = None
-    config: TrainConfig | None = None
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __iter__(self) -> Iterator[EpochRecord]:
-        return iter(self.records)
-
-    def __getitem__(self, i: int) -> EpochRecord:
-        return self.records[i]
-
-    def _last(self, key: str) -> float:
-        return getattr(self.records[-1], key) if self.records else float("nan")
-
-    train_loss = property(lambda self: self._last("train_loss"))
-    train_acc = property(lambda self: self._last("train_acc"))
-    test_acc = property(lambda self: self._last("test_acc"))
-
-    @property
-    def metrics(self) -> dict[str, list[float]]:
-        """Per-epoch lists, Keras-style: history.metrics["test_acc"][-1]."""
-        keys = ("epoch", "train_loss", "train_acc", "test_acc")
-        return {k: [getattr(r, k) for r in self.records] for k in keys}
-
-    @property
-    def best(self) -> EpochRecord | None:
-        """The epoch with the highest test accuracy (the first, on ties): what checkpoints/best.pt holds."""
-        return max(self.records, key=lambda r: r.test_acc, default=None) if self.records else None
-
-    @property
-    def examples_per_sec(self) -> float:
-        """d2l's examples/sec: all training examples / the time spent in training steps."""
-        t = sum(r.train_time for r in self.records)
-        return sum(r.examples for r in self.records) / t if t > 0 else float("nan")
-
-    @property
-    def wall_examples_per_sec(self) -> float:
-        """All training examples / the epochs' wall-clock time, test passes included."""
-        t = sum(r.epoch_time for r in self.records)
-        return sum(r.examples for r in self.records) / t if t > 0 else float("nan")
-
-    def summary(self) -> str:
-        """The seed's two closing lines."""
-        return (f"loss {self.train_loss:.3f}, train acc {self.train_acc:.3f}, test acc {self.test_acc:.3f}\n"
-                f"{self.examples_per_sec:.1f} examples/sec on {self.device}")
-
-    def plot(self, title: str = ""):
-        """The training curves as a matplotlib Figure (shown when it is a notebook cell's value)."""
-        from .runs import plot_curves
-
-        epochs = self.config.epochs if self.config else None
-        return plot_curves([r.to_dict() for r in self.records], epochs, title)
-
-    def __repr__(self) -> str:
-        where = f", run_dir={str(self.run_dir)!r}" if self.run_dir else ""
-        if not self.records:
-            return f"History(no epochs{where})"
-        return (f"History({len(self.records)} epochs, train_loss={self.train_loss:.3f}, train_acc={self.train_acc:.3f}, "
-                f"test_acc={self.test_acc:.3f}, device={self.device!r}{where})")
 
 
 class Interrupted(KeyboardInterrupt):
@@ -576,8 +389,8 @@ class _Trainer:
         model = _build(net, shape)
         if config.init == "xavier" and saved is None:
             model.apply(init_weights)
-        use_amp, use_cl = _precision(dev, config.amp, config.channels_last, shape)
-        _place(model, dev, use_cl)
+        use_amp, use_cl = precision(dev, config.amp, config.channels_last, shape)
+        place(model, dev, use_cl)
         data = data.to(dev)
         if dev.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
@@ -648,22 +461,6 @@ class _Trainer:
             atomic_save(model.state_dict(), run.weights)
         self.reporter.end(history)
         return history
-
-
-def _precision(dev: torch.device, amp: bool | None, channels_last: bool | None,
-               shape: tuple[int, ...]) -> tuple[bool, bool]:
-    """(bf16 autocast, channels_last) for a run: what was asked, else on for CUDA (channels_last for images)."""
-    use_amp = amp if amp is not None else dev.type == "cuda"
-    if use_amp and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
-        use_amp = False  # pre-Ampere GPUs: bf16 would be emulated and slow; stay in fp32
-    use_cl = channels_last if channels_last is not None else dev.type == "cuda" and len(shape) == 3
-    return use_amp, use_cl
-
-
-def _place(model: nn.Module, dev: torch.device, channels_last: bool) -> None:
-    model.to(dev)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
 
 
 def _input_size(data: D.ImageData, config: TrainConfig, net: _Network) -> tuple[tuple[int, int] | None, tuple]:
@@ -768,7 +565,7 @@ class _Loop:
                                      (out.argmax(dim=1) == y).sum().to(sums.dtype)))
             self.live.count += y.numel()
             self.reporter.step(i + 1, self.batches, self.live)
-        _sync(dev)  # the one wait of the training phase, so its time is real
+        sync(dev)  # the one wait of the training phase, so its time is real
         train_time = time.perf_counter() - t0
         correct = self.correct(data.test_x, data.test_y)
         loss_sum, n_correct, test_correct = torch.cat((sums, correct.to(sums.dtype).view(1))).tolist()  # one read
@@ -1001,10 +798,10 @@ def evaluate_run(run_dir: str | os.PathLike[str], which: str = "best", *, device
     size, shape = _input_size(data, config, _Network("", str(run.spec), None, None))
     trained = saved.get("runtime") or {}
     if str(trained.get("device") or "cpu").split(":")[0] == dev.type:  # measure as training did
-        use_amp, use_cl = _precision(dev, trained.get("amp_bf16"), trained.get("channels_last"), shape)
+        use_amp, use_cl = precision(dev, trained.get("amp_bf16"), trained.get("channels_last"), shape)
     else:
-        use_amp, use_cl = _precision(dev, None, None, shape)
-    _place(model, dev, use_cl)
+        use_amp, use_cl = precision(dev, None, None, shape)
+    place(model, dev, use_cl)
     data = data.to(dev)
     loop = _Loop(model, data, config, dev, size, use_cl, use_amp, Reporter())
     with flush_denormals(dev):

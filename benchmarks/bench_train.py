@@ -50,7 +50,8 @@ from archdsl import data as D  # noqa: E402
 from archdsl.api import plan  # noqa: E402
 from archdsl.cli import parse_sets  # noqa: E402
 from archdsl.progress import PlainReporter  # noqa: E402
-from archdsl.trainer import DEFAULTS, resized_hw, resolve_device  # noqa: E402
+from archdsl.devices import resolve_device  # noqa: E402
+from archdsl.trainer import DEFAULTS, resized_hw  # noqa: E402
 
 
 # d2l, as the seeds type it ---------------------------------------------------

@@ -17,7 +17,8 @@ from archdsl import data as D
 from archdsl.cli import app
 from archdsl.errors import ArchError
 from archdsl.runs import RunDir
-from archdsl.trainer import Reporter, evaluate_run, images_to_input, resized_hw, resolve_device
+from archdsl.devices import resolve_device
+from archdsl.trainer import Reporter, evaluate_run, images_to_input, resized_hw
 
 pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
               pytest.mark.usefixtures("offline")]

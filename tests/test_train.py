@@ -14,8 +14,9 @@ from archdsl import data as D
 from archdsl import runs
 from archdsl.errors import ArchError
 from archdsl.runs import RunDir, atomic_save, load_checkpoint
-from archdsl.trainer import (EpochRecord, History, Interrupted, Reporter, evaluate_run, images_to_input,
-                             init_weights, resolve_device)
+from archdsl.devices import resolve_device
+from archdsl.history import EpochRecord, History
+from archdsl.trainer import Interrupted, Reporter, evaluate_run, images_to_input, init_weights
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")
