@@ -102,7 +102,6 @@ def sync(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-
 def precision(dev: torch.device, amp: bool | None, channels_last: bool | None,
                shape: tuple[int, ...]) -> tuple[bool, bool]:
     """(bf16 autocast, channels_last) for a run: what was asked, else on for CUDA (channels_last for images)."""
