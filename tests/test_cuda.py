@@ -44,14 +44,14 @@ class Info(Reporter):
 
 def test_cuda_runs_with_bf16_and_channels_last_by_default():
     r = Info()
-    h = archdsl.train(TINY, **{**QUICK, "progress": r}, epochs=3)
+    h = archdsl.train(TINY, **{**QUICK, "progress": r, "limit": 2048, "lr": 0.3}, epochs=3)
     assert r.info.device.startswith("cuda:") and h.device == r.info.device
     assert r.info.channels_last
     assert r.info.amp == torch.cuda.is_bf16_supported()
     assert r.info.tuning is None  # the CPU's layer tuning stays off on a GPU
     assert next(h.model.parameters()).device.type == "cuda"
     assert h.records[-1].train_loss < h.records[0].train_loss
-    assert h.test_acc > 0.5  # the synthetic classes are easy; chance is 0.1
+    assert h.test_acc > 0.9  # the synthetic classes are easy (1.0 on the CPU in bf16); chance is 0.1
 
 
 def test_flags_turn_bf16_and_channels_last_off():
@@ -131,7 +131,7 @@ def test_eval_on_the_gpu_agrees_with_training(tmp_path):
     assert result.device.startswith("cuda") and result.examples == 512
     assert result.test_acc == pytest.approx(h.best.test_acc, abs=0.01)
     on_cpu = evaluate_run(tmp_path / "run", device="cpu")
-    assert on_cpu.test_acc == pytest.approx(result.test_acc, abs=0.02)  # bf16 on the GPU, fp32 on the CPU
+    assert on_cpu.test_acc == pytest.approx(result.test_acc, abs=0.05)  # bf16 on the GPU, fp32 on the CPU
 
 
 def test_compile_trains(tmp_path):
