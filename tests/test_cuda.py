@@ -26,6 +26,7 @@ pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 TINY = "input 1x28x28\nconv(8, k3, p1) relu maxpool(2, 2) flatten dropout(0.5) linear(32) relu linear(10)"
 QUICK = dict(dataset="synthetic", limit=256, batch_size=64, lr=0.1, progress=False, device="cuda")
+LEARNS = dict(limit=2048, lr=0.3)  # the whole synthetic set: 1.0 test acc after 3 epochs (bf16 on the CPU)
 
 
 class Info(Reporter):
@@ -44,14 +45,14 @@ class Info(Reporter):
 
 def test_cuda_runs_with_bf16_and_channels_last_by_default():
     r = Info()
-    h = archdsl.train(TINY, **{**QUICK, "progress": r, "limit": 2048, "lr": 0.3}, epochs=3)
+    h = archdsl.train(TINY, **{**QUICK, **LEARNS, "progress": r}, epochs=3)
     assert r.info.device.startswith("cuda:") and h.device == r.info.device
     assert r.info.channels_last
     assert r.info.amp == torch.cuda.is_bf16_supported()
     assert r.info.tuning is None  # the CPU's layer tuning stays off on a GPU
     assert next(h.model.parameters()).device.type == "cuda"
     assert h.records[-1].train_loss < h.records[0].train_loss
-    assert h.test_acc > 0.9  # the synthetic classes are easy (1.0 on the CPU in bf16); chance is 0.1
+    assert h.test_acc > 0.9  # chance is 0.1
 
 
 def test_flags_turn_bf16_and_channels_last_off():
@@ -135,7 +136,7 @@ def test_eval_on_the_gpu_agrees_with_training(tmp_path):
 
 
 def test_compile_trains(tmp_path):
-    h = archdsl.train(TINY, **QUICK, epochs=2, compile=True)
+    h = archdsl.train(TINY, **{**QUICK, **LEARNS}, epochs=2, compile=True)
     assert len(h) == 2 and h.records[-1].train_loss < h.records[0].train_loss
 
 
