@@ -16,8 +16,8 @@ import archdsl
 from archdsl import data as D
 from archdsl.cli import app
 from archdsl.errors import ArchError
-from archdsl.runs import RunDir
 from archdsl.devices import resolve_device
+from archdsl.runs import RunDir
 from archdsl.trainer import Reporter, evaluate_run, images_to_input, resized_hw
 
 pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
@@ -33,14 +33,13 @@ class Info(Reporter):
     """Keeps the RunInfo, and reads the live values at every step as a progress bar would."""
 
     def __init__(self):
-        self.info, self.reads = None, 0
+        self.info = None
 
     def start(self, info):
         self.info = info
 
     def step(self, batch, batches, live):
         live()
-        self.reads += 1
 
 
 def test_cuda_runs_with_bf16_and_channels_last_by_default():
