@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 import archdsl
 from archdsl import data as D
 from archdsl.cli import app
-from archdsl.errors import ArchError
 from archdsl.devices import resolve_device
+from archdsl.errors import ArchError
 from archdsl.runs import RunDir
 from archdsl.trainer import Reporter, evaluate_run, images_to_input, resized_hw
 
