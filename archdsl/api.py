@@ -1,19 +1,22 @@
-"""The Python API: parse, trace and build a spec. The CLI is a thin layer over these."""
+"""The Python API: parse, trace and build a spec. The CLI is a thin layer over these.
+
+torch is imported only once a spec has been read without mistakes: `tracer` is imported
+inside `trace` and `build`, so a syntax or spec error is reported without it (~2 s).
+"""
 
 from __future__ import annotations
 
 import os
-from typing import Any, Union
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any, Union
 
 from . import syntax as S
 from .parser import parse
 from .plan import Plan, expand
 from .summary import Summary
-from .tracer import materialize, trace_plan
 from .values import parse_shape
+
+if TYPE_CHECKING:
+    from torch import nn
 
 SpecLike = Union[str, "os.PathLike[str]", S.Spec]
 ShapeLike = Union[str, tuple[int, ...], list[int], None]
@@ -32,7 +35,10 @@ def trace(spec: SpecLike, input_shape: ShapeLike = None, *, batch: int = 1, **pa
     `input_shape` (C x H x W, e.g. (1, 28, 28) or "1x28x28") replaces the spec's
     `input`; keyword arguments set the spec's params (`ratio=4`).
     """
-    return trace_plan(plan(spec, input_shape, **params), batch)[1]
+    resolved = plan(spec, input_shape, **params)
+    from .tracer import trace_plan  # torch, now that the spec is known to be sound
+
+    return trace_plan(resolved, batch)[1]
 
 
 def build(spec: SpecLike, input_shape: ShapeLike = None, **params: Any) -> nn.Sequential:
@@ -41,5 +47,8 @@ def build(spec: SpecLike, input_shape: ShapeLike = None, **params: Any) -> nn.Se
     `spec` is a path to a .arch file or spec text; the other arguments are as for `trace`.
     Raises ArchError (a ValueError) with the place in the spec for any mistake.
     """
-    net, _ = trace_plan(plan(spec, input_shape, **params))
-    return materialize(net, torch.device("cpu"))
+    resolved = plan(spec, input_shape, **params)
+    from .tracer import materialize, trace_plan  # torch, now that the spec is known to be sound
+
+    net, _ = trace_plan(resolved)
+    return materialize(net, "cpu")

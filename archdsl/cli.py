@@ -98,9 +98,12 @@ def _print_summary(summary: Any, format: Format, depth: Optional[int], error: Sh
         if depth is not None:
             data["layers"] = [r for r in data["layers"] if r["depth"] <= depth]
         if error is not None:
-            span = error.span
-            data["error"] = {"message": error.message, "line": span.line if span else None,
-                             "column": span.column if span else None}
+            located = [{"message": e.message, "file": e.span.source.name if e.span else None,
+                        "line": e.span.line if e.span else None, "column": e.span.column if e.span else None}
+                       for e in error.errors]
+            data["error"] = {k: v for k, v in located[0].items() if k != "file"}
+            if len(located) > 1:
+                data["errors"] = located
         typer.echo(json.dumps(data, indent=2))
     else:
         typer.echo(summary.table(depth))

@@ -22,8 +22,8 @@ class Source:
     text: str
 
     def line_text(self, line: int) -> str:
-        lines = self.text.splitlines()
-        return lines[line - 1] if 0 < line <= len(lines) else ""
+        lines = self.text.split("\n")  # the parser counts only \n as a line break; so must the excerpt
+        return lines[line - 1].rstrip("\r") if 0 < line <= len(lines) else ""
 
 
 @dataclass(frozen=True)
@@ -46,9 +46,35 @@ class Span:
     def where(self) -> str:
         return f"{self.source.name}:{self.line}:{self.column}"
 
+    @property
+    def oneline(self) -> str:
+        """The spanned text on one line, runs of white space as one space: how messages quote a call."""
+        return " ".join(self.text.split())
+
+    def cover(self, last: Span) -> Span:
+        """From the start of this span to the end of `last`."""
+        return Span(self.source, self.line, self.column, last.end_line, last.end_column, self.start, last.end)
+
+    def at(self, other: Span | None = None) -> str:
+        """Where this span is, said from `other`'s file: `3:7`, or `file:3:7` from another file."""
+        same = other is None or other.source is self.source
+        return f"{self.line}:{self.column}" if same else self.where
+
+
+def first_at(first: Span, again: Span, what: str = "first given") -> tuple[str, ...]:
+    """The note for a thing given twice: where the first one is."""
+    return (f"{what} at {first.at(again)}",)
+
+
+MAX_ERRORS = 20  # a spec with more mistakes than this is reported up to here, as compilers do
+
 
 class ArchError(ValueError):
-    """A mistake in a spec, a parameter or an option; `span` says where, when it is known."""
+    """A mistake in a spec, a parameter or an option; `span` says where, when it is known.
+
+    When a spec has several independent mistakes, the first one is raised and `errors`
+    holds all of them (itself first), each with its own span; `render()` reports them all.
+    """
 
     kind = "error"
 
@@ -59,6 +85,8 @@ class ArchError(ValueError):
         self.span = span
         self.notes = notes
         self._where = where
+        self.errors: tuple[ArchError, ...] = (self,)
+        self.truncated = False  # True when more mistakes were found than MAX_ERRORS
 
     @property
     def where(self) -> str | None:
@@ -68,13 +96,54 @@ class ArchError(ValueError):
         return f"{self.where}: {self.message}" if self.where else self.message
 
     def render(self) -> str:
-        """`file:line:col: error: message`, the source line and a caret under the span."""
+        """`file:line:col: error: message`, the source line and a caret under the span; each error so."""
+        out = [e._render_one() for e in self.errors]
+        if len(self.errors) > 1:
+            out.append(f"{len(self.errors)} errors" + (f"; stopped after the first {MAX_ERRORS}" if self.truncated
+                                                        else ""))
+        return "\n".join(out)
+
+    def _render_one(self) -> str:
         head = f"{self.where}: {self.kind}: {self.message}" if self.where else f"{self.kind}: {self.message}"
         out = [head]
         if self.span is not None:
             out += _excerpt(self.span)
         out += [f"  note: {n}" for n in self.notes]
         return "\n".join(out)
+
+
+def combine(errors: list[ArchError], truncated: bool = False) -> ArchError:
+    """One exception for several mistakes: the first, carrying all of them in `errors`."""
+    first = errors[0]
+    first.errors = tuple(errors)
+    first.truncated = truncated
+    return first
+
+
+class ErrorLog:
+    """Collects independent mistakes, so that one run reports them all, up to MAX_ERRORS.
+
+    `record` keeps an error (once: a mistake in a block called twice is one mistake) and
+    raises the collected ones when one more than the limit comes; `check` raises them if any.
+    """
+
+    def __init__(self) -> None:
+        self.errors: list[ArchError] = []
+        self._seen: set[tuple[str, int, str]] = set()
+
+    def record(self, error: ArchError) -> None:
+        for e in error.errors:
+            key = (e.span.source.name if e.span else "", e.span.start if e.span else -1, e.message)
+            if key in self._seen:
+                continue
+            if len(self.errors) == MAX_ERRORS:
+                raise combine(self.errors, truncated=True)
+            self._seen.add(key)
+            self.errors.append(e)
+
+    def check(self) -> None:
+        if self.errors:
+            raise combine(self.errors)
 
 
 class SpecSyntaxError(ArchError):

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from fractions import Fraction
 from pathlib import Path as FsPath
 from typing import Iterator
 
 from lark import Lark, Token, Transformer, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from . import syntax as S
-from .errors import ArchError, Source, Span, SpecSyntaxError
+from .errors import ArchError, ErrorLog, Source, Span, SpecSyntaxError
 
 
 _OPEN = {"LPAR", "LSQB", "LBRACE"}
@@ -76,17 +77,70 @@ def parse(spec: str | os.PathLike[str]) -> S.Spec:
 
 
 def parse_source(source: Source) -> S.Spec:
-    try:
-        tree = _lark().parse(source.text)
-        return _ToSyntax(source).transform(tree)
-    except UnexpectedInput as e:
-        raise _syntax_error(e, source) from None
-    except VisitError as e:  # a transformer method refused a token
-        if isinstance(e.orig_exc, ArchError):
-            raise e.orig_exc from None
-        raise
-    except RecursionError:
-        raise SpecSyntaxError("the spec nests brackets too deeply", where=source.name) from None
+    """Parse one source; every syntax error in it is reported (up to MAX_ERRORS), not just the first.
+
+    After an error the parser blanks the statement it stopped in (line breaks kept, so
+    every later position stays where it was) and parses again, as compilers resynchronise
+    at the next statement.
+    """
+    log = ErrorLog()
+    text = source.text
+    while True:
+        try:
+            tree = _lark().parse(text)
+        except UnexpectedInput as e:
+            error = _syntax_error(e, source)
+            log.record(error)
+            at_end = isinstance(e, UnexpectedEOF) or (isinstance(e, UnexpectedToken) and e.token.type == "$END")
+            start, end = _statement_around(text, error.span.start)
+            blanked = text[:start] + "".join(c if c == "\n" else " " for c in text[start:end]) + text[end:]
+            if at_end or blanked == text:
+                break
+            text = blanked
+            continue
+        except RecursionError:
+            log.record(SpecSyntaxError("the spec nests brackets too deeply", where=source.name))
+            break
+        log.check()
+        transformer = _ToSyntax(source)
+        try:
+            spec = transformer.transform(tree)
+        except RecursionError:
+            raise SpecSyntaxError("the spec nests brackets too deeply", where=source.name) from None
+        transformer.log.check()
+        return spec
+    log.check()
+    raise AssertionError("unreachable: the loop ends with an error")  # pragma: no cover
+
+
+def _statement_around(text: str, pos: int) -> tuple[int, int]:
+    """The top-level statement holding `pos`: from the line break or ';' before it to the one after.
+
+    Brackets are counted (outside comments and strings), so a statement spanning lines
+    is one; an unclosed bracket makes it run to the end.
+    """
+    depth, start, i, n = 0, 0, 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "#":
+            i = text.find("\n", i)
+            i = n if i < 0 else i
+            continue
+        if c == '"':
+            close = text.find('"', i + 1)
+            line_end = text.find("\n", i + 1)
+            i = close + 1 if close >= 0 and (line_end < 0 or close < line_end) else i + 1
+            continue
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth = max(0, depth - 1)
+        elif c in "\n;" and depth == 0:
+            if i >= pos:
+                return start, i
+            start = i + 1
+        i += 1
+    return start, n
 
 
 # Tree -> syntax nodes: one thin method per grammar rule ---------------------
@@ -97,9 +151,13 @@ def _span(source: Source, m) -> Span:
 
 @v_args(meta=True, inline=True)
 class _ToSyntax(Transformer):
+    """One thin method per grammar rule. A value too large to be meant is logged, not raised,
+    so that every such mistake of a spec is reported at once."""
+
     def __init__(self, source: Source) -> None:
         super().__init__()
         self.src = source
+        self.log = ErrorLog()
 
     def sp(self, m) -> Span:
         return _span(self.src, m)
@@ -109,8 +167,8 @@ class _ToSyntax(Transformer):
 
     def input_stmt(self, meta, shape):
         if any(len(d) > 9 for d in shape.split("x")):
-            raise SpecSyntaxError(f"input {shape} is too large to be meant", self.sp(meta))
-        return S.InputStmt(tuple(int(d) for d in shape.split("x")), self.sp(meta))
+            self.log.record(SpecSyntaxError(f"input {shape} is too large to be meant", self.sp(meta)))
+        return S.InputStmt(tuple(int(d[:9]) for d in shape.split("x")), self.sp(meta))
 
     def include_stmt(self, meta, target):
         quoted = target.type == "STRING"
@@ -125,8 +183,12 @@ class _ToSyntax(Transformer):
     def option(self, meta, name, value):
         return S.TrainOption(str(name), value, self.sp(meta))
 
-    def block_def(self, meta, name, params, body):
-        return S.BlockDef(str(name), params or (), body, self.sp(meta), self.sp(name))
+    def default_stmt(self, meta, name, args):
+        return S.DefaultStmt(str(name), args or (), self.sp(meta), self.sp(name))
+
+    def block_def(self, meta, name, params, *rest):
+        *defaults, body = rest
+        return S.BlockDef(str(name), params or (), tuple(defaults), body, self.sp(meta), self.sp(name))
 
     def param_list(self, meta, *decls):
         return decls
@@ -143,8 +205,8 @@ class _ToSyntax(Transformer):
     def call(self, meta, name, args):
         return S.Call(str(name), args or (), self.sp(meta), self.sp(name))
 
-    def group(self, meta, path, count):
-        return S.Group(path, count, self.sp(meta))
+    def group(self, meta, path, count, index):
+        return S.Group(path, count, str(index) if index is not None else None, self.sp(meta))
 
     def choice(self, meta, condition, then, otherwise):
         return S.Choice(condition, then, otherwise, self.sp(meta))
@@ -159,19 +221,36 @@ class _ToSyntax(Transformer):
         return S.Keyword(str(name), value, self.sp(meta))
 
     def tag(self, meta, tok):
-        return S.Tag(tok[0], int(tok[1:]), self.sp(meta))
+        sizes = tok[1:].split("x")
+        if any(len(d) > 9 for d in sizes):
+            self.log.record(SpecSyntaxError(f"tag {tok} is too large to be meant", self.sp(meta)))
+        value = tuple(int(d[:9]) for d in sizes)
+        return S.Tag(tok[0], value[0] if len(value) == 1 else value, self.sp(meta))
 
     def path_arg(self, meta, path):
         return S.PathArg(path, self.sp(meta))
 
     def number(self, meta, tok):
         mantissa, _, exponent = str(tok).lower().partition("e")
-        if len(mantissa) > 30 or (exponent and abs(int(exponent)) > 30):
-            raise SpecSyntaxError(f"number {tok} is too large to be meant", self.sp(meta))
+        if len(mantissa) > 30 or (exponent and (len(exponent) > 4 or abs(int(exponent)) > 30)):
+            self.log.record(SpecSyntaxError(f"number {tok} is too large to be meant", self.sp(meta)))
+            return S.Number(Fraction(1), self.sp(meta))
         return S.Number(Fraction(str(tok)), self.sp(meta))
 
     def name(self, meta, tok):
         return S.Name(str(tok), self.sp(meta))
+
+    def text(self, meta, tok):
+        return S.Text(str(tok)[1:-1], self.sp(meta))
+
+    def tuple(self, meta, *items):
+        return S.Sizes(tuple(e for e in items if e is not None), self.sp(meta))
+
+    def function(self, meta, name, *args):
+        return S.Function(str(name), tuple(a for a in args if a is not None), self.sp(meta), self.sp(name))
+
+    def input_ref(self, meta, attr):
+        return S.InputRef(str(attr), self.sp(meta), self.sp(attr))
 
     def compare(self, meta, left, op, right):
         return S.BinOp(str(op), left, right, self.sp(meta))
@@ -179,12 +258,16 @@ class _ToSyntax(Transformer):
     def neg(self, meta, operand):
         return S.Neg(operand, self.sp(meta))
 
+    def not_(self, meta, operand):
+        return S.Not(operand, self.sp(meta))
+
     def _binop(op: str):  # noqa: N805 - builds the methods below
         def method(self, meta, left, right):
             return S.BinOp(op, left, right, self.sp(meta))
         return method
 
     add, sub, mul, div, floordiv = _binop("+"), _binop("-"), _binop("*"), _binop("/"), _binop("//")
+    and_, or_ = _binop("and"), _binop("or")
     del _binop
 
 
@@ -196,7 +279,7 @@ _WORDS = {
     "_NL": "a line break", "$END": "the end of the spec",
 }
 _OPERATORS = {"PLUS", "MINUS", "STAR", "SLASH", "_FLOORDIV", "COMPARE"}
-_VALUE_START = {"NAME", "NUMBER", "LPAR", "MINUS", "PLUS"}
+_VALUE_START = {"NAME", "NUMBER", "STRING", "LPAR", "MINUS", "PLUS", "INPUT", "NOT"}
 
 
 def _describe_terminal(name: str) -> str:
@@ -244,6 +327,22 @@ def _point(source: Source, pos: int, width: int) -> Span:
     return Span(source, line, column, line, column + max(width, 1), pos, pos + max(width, 1))
 
 
+def _lacks(text: str, expected: set[str]) -> str:
+    """What to write instead, where the text is a construct of another language (Python, torch)."""
+    if re.fullmatch(r"[0-9]+(x[0-9]+)+", text):
+        return f"; a window of several sizes is a tag, k{text}, or a tuple, kernel=({text.replace('x', ', ')})"
+    if text == "[" and {"NAME", "NUMBER"} <= set(expected):
+        return "; sizes per axis are a tuple, (1, 7); [ ... ] is a path, which joins such as concat take"
+    if text == "=" and "_NL" in expected:
+        return "; there are no assignments: declare a value with param NAME = value"
+    if text == ".":
+        return "; names have no dots: call layers by their archdsl names (conv, linear, ...); input.channels and " \
+               "its kin are the only dotted names"
+    if text == "'":
+        return '; quote words with double quotes, "same", or leave them bare'
+    return ""
+
+
 def _syntax_error(e: UnexpectedInput, source: Source) -> SpecSyntaxError:
     if isinstance(e, UnexpectedToken) and e.token.type == "$END" or isinstance(e, UnexpectedEOF):
         expected = e.expected if isinstance(e, UnexpectedEOF) else (e.accepts or e.expected)
@@ -253,9 +352,10 @@ def _syntax_error(e: UnexpectedInput, source: Source) -> SpecSyntaxError:
         tok = e.token
         width = 1 if tok.type == "_NL" else len(tok.value)
         expected = e.accepts or e.expected  # accepts: what the parser state takes, not the lexer
-        return SpecSyntaxError(f"unexpected {_describe_token(tok)}" + _expected(expected),
+        return SpecSyntaxError(f"unexpected {_describe_token(tok)}" + _expected(expected) + _lacks(tok.value, expected),
                                _point(source, tok.start_pos, width))
     if isinstance(e, UnexpectedCharacters):
-        return SpecSyntaxError(f"unexpected character {source.text[e.pos_in_stream]!r}",
+        char = source.text[e.pos_in_stream]
+        return SpecSyntaxError(f"unexpected character {char!r}" + _lacks(char, set()),
                                _point(source, e.pos_in_stream, 1))
     return SpecSyntaxError(str(e))  # pragma: no cover - lark raises only the kinds above

@@ -1,27 +1,66 @@
 """Syntax tree -> layer plan: params resolved, blocks and repeats unrolled, every value checked.
 
 The plan is what the tracer builds from; nothing after this point looks at the syntax.
+A block whose body reads its input's shape (`input.channels`) cannot be unrolled before
+that shape is known: its step carries the expansion, and the tracer runs it with the
+traced shape. Every other mistake is found here, all of them in one pass (up to
+MAX_ERRORS), each at its place in the spec.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Mapping, Union
+from typing import Any, Callable, Iterator, Mapping, Union
 
 from . import layers as _layers  # noqa: F401  (registers the built-in layers)
 from . import syntax as S
-from .errors import ArchError, Source, Span
+from .errors import ArchError, ErrorLog, Source, Span, first_at
 from .parser import parse_source
-from .registry import REGISTRY, REQUIRED, Arg, Given, LayerDef, bind, check_layer_args
-from .values import Bool, Int, Real, Value, did_you_mean, evaluate, from_python
+from .registry import REGISTRY, REQUIRED, Arg, Bound, CallArg, LayerDef, bind, check_layer_args
+from .values import INPUT, TAG_WORDS, Bool, Int, Real, Value, did_you_mean, evaluate, from_python
 
 STDLIB = Path(__file__).resolve().parent / "stdlib"  # blocks any spec can `include` by name
 
 MAX_LAYERS = 100_000  # a spec that unrolls to more is almost surely a typo in a repeat count
 
 DATASETS = ("fashion-mnist", "mnist", "cifar10", "synthetic")
+
+# Names people bring from torch and other tools, and what archdsl calls the same thing.
+KNOWN_AS = {
+    "conv1d": "conv", "conv2d": "conv", "conv3d": "conv", "convolution": "conv",
+    "dense": "linear", "fc": "linear", "fullyconnected": "linear",
+    "maxpool1d": "maxpool", "maxpool2d": "maxpool", "maxpool3d": "maxpool",
+    "avgpool1d": "avgpool", "avgpool2d": "avgpool", "avgpool3d": "avgpool",
+    "adaptiveavgpool1d": "adaptiveavgpool", "adaptiveavgpool2d": "adaptiveavgpool",
+    "adaptiveavgpool3d": "adaptiveavgpool", "globalavgpool": "adaptiveavgpool", "gap": "adaptiveavgpool",
+    "batchnorm1d": "batchnorm", "batchnorm2d": "batchnorm", "batchnorm3d": "batchnorm", "bn": "batchnorm",
+    "instancenorm1d": "instancenorm", "instancenorm2d": "instancenorm", "instancenorm3d": "instancenorm",
+    "layer_norm": "layernorm", "ln": "layernorm", "layernorm2d": "layernorm", "group_norm": "groupnorm",
+    "swish": "silu", "hswish": "hardswish", "hard_swish": "hardswish", "hsigmoid": "hardsigmoid",
+    "hard_sigmoid": "hardsigmoid", "leaky_relu": "leakyrelu", "lrelu": "leakyrelu", "log_softmax": "logsoftmax",
+    "localresponsenorm": "lrn", "stochasticdepth": "droppath", "drop_path": "droppath",
+    "multiheadattention": "attention", "mha": "attention", "selfattention": "attention",
+    "channel_shuffle": "channelshuffle", "view": "reshape", "cat": "concat", "residual_add": "add",
+}
+
+# Constructs the language does not have, and what to write instead where there is a way.
+LACKS = {
+    **dict.fromkeys(("lstm", "gru", "rnn"), "recurrent layers (LSTM, GRU, RNN) are not in the language: a spec is "
+                                            "a feed-forward network"),
+    "embedding": "there is no embedding layer: a spec's input is a tensor of numbers, not token ids",
+    **dict.fromkeys(("convtranspose", "convtranspose2d", "deconv", "upsample", "interpolate", "pixelshuffle"),
+                    "there are no upsampling layers (transposed convolution, interpolation) yet"),
+    **dict.fromkeys(("for", "while"), "there are no loops: repeat a path with [ ... ] * n, and name its index "
+                                      "with [ ... ] * n as i"),
+    **dict.fromkeys(("def", "function", "class"), "define a block with block NAME(args) { layers }"),
+    **dict.fromkeys(("import", "from"), "bring in blocks with include NAME or include \"file.arch\""),
+    **dict.fromkeys(("let", "var", "const", "set"), "declare a value with param NAME = value, or give a block "
+                                                    "an argument with a default"),
+    "sequential": "a spec is a sequence already: write the layers one after another; group them with a block",
+}
 
 
 def check_dataset(name: str, span: Span | None = None) -> str:
@@ -57,7 +96,7 @@ RECIPE_OPTIONS = {
 
 @dataclass(frozen=True, eq=False)
 class PathStep:
-    """One [ path ] given to a join (concat, add)."""
+    """One [ path ] given to a join (concat, add, mul, split)."""
 
     steps: tuple[Step, ...]
     span: Span
@@ -69,13 +108,19 @@ class LayerStep:
     args: SimpleNamespace
     span: Span  # the call as written
     paths: tuple[PathStep, ...] = ()  # for joins
+    arg_spans: Mapping[str, Span] = field(default_factory=dict)  # where each argument's value is written
 
 
 @dataclass(frozen=True, eq=False)
 class BlockStep:
     name: str
-    steps: tuple[Step, ...]
     span: Span  # the call site
+    steps: tuple[Step, ...] | None  # None for a block that reads its input's shape: see `body`
+    expand: Callable[[tuple[int, ...]], tuple[Step, ...]] | None = None
+
+    def body(self, shape: tuple[int, ...]) -> tuple[Step, ...]:
+        """The block's steps for an input of `shape` (C x H x W, without the batch)."""
+        return self.steps if self.steps is not None else self.expand(shape)
 
 
 Step = Union[LayerStep, BlockStep]
@@ -88,6 +133,18 @@ class Plan:
     params: dict[str, Value]
     recipe: Recipe | None
     steps: tuple[Step, ...]
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What an expression sees where it is written: names (params, block arguments, repeat
+    indexes, the input shape) and the `default` arguments of each layer."""
+
+    env: Mapping[str, Any]
+    defaults: Mapping[str, Bound]
+
+    def let(self, **names: Any) -> Scope:
+        return Scope({**self.env, **names}, self.defaults)
 
 
 def expand(spec: S.Spec, overrides: Mapping[str, Any] | None = None,
@@ -104,6 +161,17 @@ def _display(path: Path) -> str:
         return str(path)
 
 
+def _size(steps: tuple[Step, ...]) -> int:
+    """How many layers the steps unroll to (a block not yet expanded counts as one)."""
+    total = 0
+    for s in steps:
+        if isinstance(s, BlockStep):
+            total += _size(s.steps) if s.steps is not None else 1
+        else:
+            total += 1 + sum(_size(p.steps) for p in s.paths)
+    return total
+
+
 class _Expander:
     def __init__(self, spec: S.Spec) -> None:
         self.spec = spec
@@ -111,13 +179,18 @@ class _Expander:
         self.foreign: set[str] = set()  # blocks from included files: they see no params of this spec
         self.seen: dict[str, Span] = {}  # every defined name, for duplicates
         self.included: set[Path] = set()
+        self.defaults_of: dict[str, dict[str, Bound]] = {}  # file name -> its top-level `default`s
         self.stack: list[str] = []  # blocks being expanded, to catch recursion
+        self.calls: list[str] = []  # notes naming the block calls that led to the current item
         self.count = 0
+        self.reads_input: dict[str, bool] = {}
+        self.acyclic: set[str] = set()  # blocks whose calls were followed and never lead back to them
         self.globals: dict[str, Value] = {}
+        self.log = ErrorLog()
 
     def run(self, overrides: dict[str, Any], input_shape: tuple[int, ...] | None) -> Plan:
         src = self.spec.source
-        inputs, trains, params, layer_stmts = [], [], [], []
+        inputs, trains, params, defaults, layer_stmts = [], [], [], [], []
         home = (Path(src.name).resolve(),) if src.name != "<string>" else ()
         for st in self.spec.statements:
             if isinstance(st, S.InputStmt):
@@ -125,38 +198,52 @@ class _Expander:
             elif isinstance(st, S.TrainStmt):
                 trains.append(st)
             elif isinstance(st, S.IncludeStmt):
-                self._include(st, home)
+                self._attempt(self._include, st, home)
             elif isinstance(st, S.ParamStmt):
-                self._unique(st.name, st.name_span)
+                self._attempt(self._unique, st.name, st.name_span)
                 params.append(st)
+            elif isinstance(st, S.DefaultStmt):
+                defaults.append(st)
             elif isinstance(st, S.BlockDef):
-                self._define(st)
+                self._attempt(self._define, st)
             else:
                 layer_stmts.append(st)
         for kind, stmts in (("input", inputs), ("train", trains)):
             if len(stmts) > 1:
-                first = stmts[0].span
-                raise ArchError(f"a spec has one '{kind}' statement; this is the second", stmts[1].span,
-                                notes=(f"the first is at {first.line}:{first.column}",))
-
-        env = self.globals = self._params(params, overrides)
-        recipe = self._recipe(trains[0], env) if trains else None
-        steps = tuple(s for st in layer_stmts for s in self._items(st.items, env))
-        if not steps:
-            raise ArchError("the spec has no layers", where=src.name)
+                self.log.record(ArchError(f"a spec has one '{kind}' statement; this is the second", stmts[1].span,
+                                          notes=first_at(stmts[0].span, stmts[1].span, "the first is")))
         if input_shape is None:
             input_shape = inputs[0].dims if inputs else None
         if input_shape is not None and any(d < 1 for d in input_shape):
             span = inputs[0].span if inputs and input_shape == inputs[0].dims else None
             raise ArchError(f"input sizes must be positive, not {'x'.join(map(str, input_shape))}", span,
                             where=src.name)
-        return Plan(src, tuple(input_shape) if input_shape else None, env, recipe, steps)
+
+        self.globals = self._params(params, overrides, input_shape)
+        self.log.check()  # a param that failed would make every use of it a second error
+        scope = Scope({**self.globals, INPUT: input_shape}, {})
+        scope = Scope(scope.env, self._defaults(defaults, scope))
+        self.defaults_of[src.name] = dict(scope.defaults)
+        recipe = self._attempt(self._recipe, trains[0], scope.env) if trains else None
+        steps = tuple(s for st in layer_stmts for s in self._items(st.items, scope))
+        self.log.check()
+        if not steps:
+            raise ArchError("the spec has no layers", where=src.name)
+        return Plan(src, tuple(input_shape) if input_shape else None, self.globals, recipe, steps)
+
+    def _attempt(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run one independent piece of the expansion; log its mistake, with the calls that led there, and go on."""
+        try:
+            return fn(*args)
+        except ArchError as e:
+            for one in e.errors:
+                one.notes += tuple(n for n in reversed(self.calls) if n not in one.notes)
+            self.log.record(e)
+            return None
 
     def _unique(self, name: str, span: Span) -> None:
         if name in self.seen:
-            first = self.seen[name]
-            at = f"{first.line}:{first.column}" if first.source is span.source else first.where
-            raise ArchError(f"'{name}' is defined twice", span, notes=(f"first defined at {at}",))
+            raise ArchError(f"'{name}' is defined twice", span, notes=first_at(self.seen[name], span, "first defined"))
         self.seen[name] = span
 
     def _define(self, block: S.BlockDef, foreign: bool = False) -> None:
@@ -183,14 +270,18 @@ class _Expander:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise ArchError(f"cannot read {name}: {e}", st.span) from None
+        defaults = []
         for inner in parse_source(Source(name, text)).statements:
             if isinstance(inner, S.IncludeStmt):
-                self._include(inner, chain + (path,))
+                self._attempt(self._include, inner, chain + (path,))
             elif isinstance(inner, S.BlockDef):
-                self._define(inner, foreign=True)
+                self._attempt(self._define, inner, True)
+            elif isinstance(inner, S.DefaultStmt):
+                defaults.append(inner)
             else:
-                raise ArchError("an included file may only define blocks and include other files", inner.span,
-                                notes=(f"included at {st.span.where}",))
+                self.log.record(ArchError("an included file may only define blocks, set defaults and include other "
+                                          "files", inner.span, notes=(f"included at {st.span.where}",)))
+        self.defaults_of[name] = self._defaults(defaults, Scope({}, {}))
 
     @staticmethod
     def _resolve(st: S.IncludeStmt) -> Path:
@@ -215,7 +306,10 @@ class _Expander:
             raise ArchError(f"cannot find {_display(path)} to include", st.span)
         return path
 
-    def _params(self, stmts: list[S.ParamStmt], overrides: dict[str, Any]) -> dict[str, Value]:
+    # Params, defaults and the recipe ----------------------------------------
+
+    def _params(self, stmts: list[S.ParamStmt], overrides: dict[str, Any],
+                input_shape: tuple[int, ...] | None) -> dict[str, Value]:
         declared = [p.name for p in stmts]
         for name in overrides:
             if name not in declared:
@@ -227,11 +321,48 @@ class _Expander:
             if p.name in overrides:
                 env[p.name] = from_python(p.name, overrides[p.name])
             elif p.default is not None:
-                env[p.name] = evaluate(p.default, env)
+                value = self._attempt(evaluate, p.default, {**env, INPUT: input_shape})
+                if value is not None:
+                    env[p.name] = value
             else:
-                raise ArchError(f"param '{p.name}' has no default; set it with --set {p.name}=VALUE "
-                                f"(or {p.name}=VALUE in Python)", p.span)
+                self.log.record(ArchError(f"param '{p.name}' has no default; set it with --set {p.name}=VALUE "
+                                          f"(or {p.name}=VALUE in Python)", p.span))
         return env
+
+    def _defaults(self, stmts: list[S.DefaultStmt], scope: Scope) -> dict[str, Bound]:
+        """`default conv(bias=false)` statements -> layer name -> the arguments they give, evaluated and checked."""
+        out: dict[str, Bound] = dict(scope.defaults)
+        mine: dict[str, Bound] = {}  # given by these statements, to catch one argument given twice
+        for st in stmts:
+            bound = self._attempt(self._default, st, scope)
+            if bound is None:
+                continue
+            for name, value in bound.values.items():
+                earlier = mine.setdefault(st.layer, Bound())
+                if name in earlier.values:
+                    self.log.record(ArchError(f"default {st.layer}: {name} is given twice", bound.spans[name],
+                                              notes=first_at(earlier.spans[name], bound.spans[name])))
+                    continue
+                earlier.values[name], earlier.spans[name] = value, bound.spans[name]
+        for layer, bound in mine.items():
+            base = out.get(layer, Bound())
+            out[layer] = Bound({**base.values, **bound.values}, {**base.spans, **bound.spans})
+        return out
+
+    def _default(self, st: S.DefaultStmt, scope: Scope) -> Bound:
+        ldef = REGISTRY.get(st.layer)
+        if ldef is None:
+            what = "a block's defaults are in its definition: block NAME(arg = value)" if st.layer in self.blocks \
+                else f"unknown layer '{st.layer}'{did_you_mean(st.layer, REGISTRY)}"
+            raise ArchError(f"default sets arguments of built-in layers; {what}", st.name_span)
+        for a in st.args:
+            if isinstance(a, (S.Positional, S.PathArg)):
+                raise ArchError(f"a default gives arguments by name: default {st.layer}(name=value)", a.span)
+        args = self._call_args(st.args)
+        optional = [replace(a, default=None) if a.default is REQUIRED else a for a in ldef.args]  # any subset
+        bound = bind(st.layer, optional, args, st.span, self._layer_value(scope), infers=ldef.infers)
+        check_layer_args(ldef, bound)  # a bad value is an error here, at the default, not at each call
+        return bound
 
     def _recipe(self, st: S.TrainStmt, env: Mapping[str, Value]) -> Recipe:
         check_dataset(st.dataset, st.dataset_span)
@@ -243,33 +374,42 @@ class _Expander:
                                 f"(known: resize, batch, lr, epochs)", opt.span)
             key, kind = RECIPE_OPTIONS[opt.name]
             if key in fields:
-                first = spans[key]
                 raise ArchError(f"train option '{opt.name}' is given twice", opt.span,
-                                notes=(f"first given at {first.line}:{first.column}",))
+                                notes=first_at(spans[key], opt.span))
             fields[key] = kind.convert(evaluate(opt.value, env), opt.name, opt.value.span)
             spans[key] = opt.span
         return Recipe(st.dataset, **fields)
 
     # Layer paths ------------------------------------------------------------
 
-    def _items(self, items: tuple[S.Item, ...], env: Mapping[str, Value]) -> list[Step]:
+    def _items(self, items: tuple[S.Item, ...], scope: Scope) -> list[Step]:
         out: list[Step] = []
         for item in items:
-            if isinstance(item, S.Group):
-                body = self._items(item.path.items, env)
-                n = 1 if item.count is None else Int(1).convert(evaluate(item.count, env), "a repeat count",
-                                                                item.count.span)
-                self._grow(len(body) * (n - 1), item.span)
-                out += body * n
-            elif isinstance(item, S.Choice):
-                taken = Bool().convert(evaluate(item.condition, env), "an if condition", item.condition.span)
-                chosen = item.then if taken else item.otherwise
-                if chosen is not None:
-                    out += self._items(chosen.items, env)
-            elif item.name in self.blocks:
-                out.append(self._block(item, env))
-            else:
-                out.append(self._layer(item, env))
+            steps = self._attempt(self._item, item, scope)
+            out += steps or ()
+        return out
+
+    def _item(self, item: S.Item, scope: Scope) -> list[Step]:
+        if isinstance(item, S.Group):
+            return self._group(item, scope)
+        if isinstance(item, S.Choice):
+            taken = Bool().convert(evaluate(item.condition, scope.env), "an if condition", item.condition.span)
+            chosen = item.then if taken else item.otherwise
+            return self._items(chosen.items, scope) if chosen is not None else []
+        if item.name in self.blocks:
+            return [self._block(item, scope)]
+        return [self._layer(item, scope)]
+
+    def _group(self, group: S.Group, scope: Scope) -> list[Step]:
+        n = 1 if group.count is None else Int(0).convert(evaluate(group.count, scope.env), "a repeat count",
+                                                         group.count.span)
+        if group.index is None:  # the same steps n times: expand once
+            body = self._items(group.path.items, scope) if n else []
+            self._grow(_size(tuple(body)) * (n - 1), group.span)
+            return body * n
+        out: list[Step] = []
+        for i in range(n):  # the body sees its index: expand it once per index
+            out += self._items(group.path.items, scope.let(**{group.index: Fraction(i)}))
         return out
 
     def _grow(self, n: int, span: Span) -> None:
@@ -277,63 +417,156 @@ class _Expander:
         if self.count > MAX_LAYERS:
             raise ArchError(f"the spec unrolls to more than {MAX_LAYERS:,} layers; check the repeat counts", span)
 
-    def _given(self, call: S.Call, env: Mapping[str, Value]) -> list[Given]:
-        """The call's arguments, evaluated; [ path ] arguments are the caller's business."""
-        given = []
-        for a in call.args:
+    @staticmethod
+    def _call_args(args: tuple[S.Arg, ...]) -> list[CallArg]:
+        """A call's arguments for `bind`; [ path ] arguments are the caller's business."""
+        out = []
+        for a in args:
             if isinstance(a, S.Tag):
-                given.append(Given("tag", a.letter, a.value, a.span))
-            elif isinstance(a, S.PathArg):
-                continue
-            else:
-                key = a.name if isinstance(a, S.Keyword) else None
-                value = evaluate(a.value, env)
-                given.append(Given("keyword" if key else "positional", key, value, a.span, a.value.span))
-        return given
+                value = tuple(map(Fraction, a.value)) if isinstance(a.value, tuple) else Fraction(a.value)
+                out.append(CallArg("tag", a.letter, value, a.span))
+            elif isinstance(a, S.Keyword):
+                out.append(CallArg("keyword", a.name, a.value, a.span, a.value.span))
+            elif isinstance(a, S.Positional):
+                out.append(CallArg("positional", None, a.value, a.span, a.value.span))
+        return out
 
-    def _layer(self, call: S.Call, env: Mapping[str, Value]) -> LayerStep:
+    @staticmethod
+    def _layer_value(scope: Scope) -> Callable[[Arg, CallArg], Value]:
+        """How a layer's argument is evaluated: in the scope, with the bare words its kind accepts."""
+        def value_of(arg: Arg, c: CallArg) -> Value:
+            return c.expr if c.how == "tag" else evaluate(c.expr, scope.env, arg.words)
+        return value_of
+
+    def _layer(self, call: S.Call, scope: Scope) -> LayerStep:
         ldef = REGISTRY.get(call.name)
         if ldef is None:
-            names = list(REGISTRY) + list(self.blocks)
-            hint = did_you_mean(call.name, names) or " (`archdsl layers` lists them)"
-            raise ArchError(f"unknown layer '{call.name}'{hint}", call.name_span)
+            raise ArchError(self._unknown_layer(call.name), call.name_span)
         path_args = [a for a in call.args if isinstance(a, S.PathArg)]
         if path_args and not ldef.takes_paths:
             raise ArchError(f"{call.name} takes no [ ... ] path arguments", path_args[0].span)
         if ldef.takes_paths and len(path_args) < 2:
             raise ArchError(f"{call.name} joins two or more paths: {call.name}([ ... ], [ ... ])", call.span)
-        bound = bind(call.name, ldef.args, self._given(call, env), call.span)
-        paths = tuple(PathStep(tuple(self._items(a.path.items, env)), a.span) for a in path_args)
+        bound = bind(call.name, ldef.args, self._call_args(call.args), call.span, self._layer_value(scope),
+                     defaults=scope.defaults.get(call.name), infers=ldef.infers)
+        args = check_layer_args(ldef, bound)
+        paths = tuple(PathStep(tuple(self._items(a.path.items, scope)), a.span) for a in path_args)
         self._grow(1, call.span)
-        return LayerStep(ldef, check_layer_args(ldef, bound), call.span, paths)
+        return LayerStep(ldef, args, call.span, paths, bound.spans)
 
-    def _block(self, call: S.Call, env: Mapping[str, Value]) -> BlockStep:
+    def _unknown_layer(self, name: str) -> str:
+        key = name.lower()
+        if key in KNOWN_AS:
+            return f"unknown layer '{name}'; archdsl calls it '{KNOWN_AS[key]}'"
+        if key in LACKS:
+            return f"unknown layer '{name}': {LACKS[key]}"
+        hint = did_you_mean(name, list(REGISTRY) + list(self.blocks)) or " (`archdsl layers` lists them)"
+        return f"unknown layer '{name}'{hint}"
+
+    def _block(self, call: S.Call, scope: Scope) -> BlockStep:
         bdef = self.blocks[call.name]
         if call.name in self.stack:
             chain = " -> ".join(self.stack[self.stack.index(call.name):] + [call.name])
             raise ArchError(f"block '{call.name}' calls itself ({chain}); recursion is not allowed", call.span)
-        schema = [Arg(p.name, default=REQUIRED if p.default is None else p.default) for p in bdef.params]
         for a in call.args:
             if isinstance(a, S.PathArg):
                 raise ArchError(f"block {call.name} takes no [ ... ] path arguments", a.span)
-        given = self._given(call, env)
-        for g in given:
-            if g.how == "tag":
-                raise ArchError(f"block {call.name} takes no tags; write {g.key}=... with one of its argument names",
-                                g.span)
-        bound = bind(call.name, schema, given, call.span, what="block")
-        # Lexical scope: the block sees the spec's params and its own arguments, not the caller's.
-        scope = {} if call.name in self.foreign else dict(self.globals)
-        for p in bdef.params:
-            scope[p.name] = bound.values[p.name] if p.name in bound.values else evaluate(p.default, scope)
-        self.stack.append(call.name)
-        try:
-            steps = tuple(self._items(bdef.body.items, scope))
-        except ArchError as e:
-            # A mistake inside a block may depend on the arguments: say which call led there.
-            e.notes += (f"in block {call.name}, called at {call.span.line}:{call.span.column}: "
-                        f"{' '.join(call.span.text.split())}",)
-            raise
-        finally:
-            self.stack.pop()
-        return BlockStep(call.name, steps, call.span)
+        # A block's arguments named like a layer's (kernel, stride, ...) take that layer's tags: basic(64, k7, s2).
+        params = {p.name for p in bdef.params}
+        schema = [Arg(p.name, default=REQUIRED if p.default is None else p.default,
+                      tag=next((t for t, word in TAG_WORDS.items() if word == p.name), None)) for p in bdef.params]
+        for a in call.args:
+            if isinstance(a, S.Tag) and TAG_WORDS.get(a.letter) not in params:
+                raise ArchError(f"block {call.name} takes no tag {a.letter}N: it has no argument named "
+                                f"{TAG_WORDS[a.letter]}; write one of its arguments by name", a.span)
+        layer_names = tuple(REGISTRY)  # a bare layer name is a value a block can pass on: activation(act)
+        bound = bind(call.name, schema, self._call_args(call.args), call.span,
+                     lambda arg, c: c.expr if c.how == "tag" else evaluate(c.expr, scope.env, layer_names), what="block")
+        note = f"in block {call.name}, called at {call.span.at()}: {call.span.oneline}"
+        # Lexical scope: the block sees the params and defaults of the file that defines it, and its
+        # own arguments; never its caller's.
+        foreign = call.name in self.foreign
+        base = Scope({} if foreign else self.globals, self.defaults_of.get(bdef.span.source.name, {}))
+        calls = [*self.calls, note]
+
+        def scope_of_body(shape: tuple[int, ...] | None) -> Scope:
+            inner = base.let(**{INPUT: shape})
+            for p in bdef.params:
+                value = bound.values[p.name] if p.name in bound.values else evaluate(p.default, inner.env, layer_names)
+                inner = inner.let(**{p.name: value})
+            return Scope(inner.env, self._defaults(list(bdef.defaults), inner))
+
+        def body(shape: tuple[int, ...] | None) -> tuple[Step, ...]:
+            saved, self.calls = self.calls, calls
+            self.stack.append(call.name)
+            try:
+                inner = self._attempt(scope_of_body, shape)
+                return tuple(self._items(bdef.body.items, inner)) if inner is not None else ()
+            finally:
+                self.stack.pop()
+                self.calls = saved
+
+        if not self._reads_input(bdef):
+            return BlockStep(call.name, call.span, body(None))
+
+        def later(shape: tuple[int, ...]) -> tuple[Step, ...]:
+            # Each expansion is bounded on its own; the tracer bounds the layers of the whole model.
+            count = self.count
+            try:
+                steps = body(shape)
+            finally:
+                self.count = count
+            self.log.check()
+            return steps
+
+        self._check_recursion(bdef)
+        return BlockStep(call.name, call.span, None, later)
+
+    def _reads_input(self, bdef: S.BlockDef) -> bool:
+        """Whether a block's argument defaults or body read `input.*` (the bodies of blocks it calls are theirs)."""
+        if bdef.name not in self.reads_input:
+            parts = (bdef.params, bdef.defaults, bdef.body)
+            self.reads_input[bdef.name] = any(isinstance(n, S.InputRef) for part in parts for n in _exprs(part))
+        return self.reads_input[bdef.name]
+
+    def _check_recursion(self, bdef: S.BlockDef, chain: tuple[str, ...] = ()) -> None:
+        """A block expanded later must still not call itself: follow its calls now."""
+        if bdef.name in self.acyclic:
+            return
+        chain = (*chain, bdef.name)
+        for call in _calls(bdef.body.items):
+            if call.name in chain:
+                path = " -> ".join(chain[chain.index(call.name):] + (call.name,))
+                raise ArchError(f"block '{call.name}' calls itself ({path}); recursion is not allowed", call.span)
+            if call.name in self.blocks:
+                self._check_recursion(self.blocks[call.name], chain)
+        self.acyclic.add(bdef.name)
+
+
+def _calls(items: tuple[S.Item, ...]) -> Iterator[S.Call]:
+    """Every call in a path, inside repeats, choices and join paths."""
+    for item in items:
+        if isinstance(item, S.Group):
+            yield from _calls(item.path.items)
+        elif isinstance(item, S.Choice):
+            yield from _calls(item.then.items)
+            if item.otherwise is not None:
+                yield from _calls(item.otherwise.items)
+        else:
+            yield item
+            for a in item.args:
+                if isinstance(a, S.PathArg):
+                    yield from _calls(a.path.items)
+
+
+def _exprs(node: Any) -> Iterator[Any]:
+    """Every syntax node under `node` (dataclasses, tuples), depth first."""
+    yield node
+    if isinstance(node, tuple):
+        for x in node:
+            yield from _exprs(x)
+    elif hasattr(node, "__dataclass_fields__") and not isinstance(node, (Span, Source)):
+        for name in node.__dataclass_fields__:
+            yield from _exprs(getattr(node, name))
+
+

@@ -126,7 +126,8 @@ class Summary:
 
 _SQUARE = re.compile(r"\((\d+)(?:, \1)+\)")  # (3, 3) -> 3
 _DEFAULTS = re.compile(r"(?:, )?\b(?:padding=0|dilation=1|ceil_mode=False|inplace=False|bias=True|start_dim=1|"
-                       r"end_dim=-1|eps=1e-05|momentum=0\.1|affine=True|track_running_stats=True)(?=[,)])")
+                       r"end_dim=-1|eps=1e-05|momentum=0\.1|affine=True|track_running_stats=True|"
+                       r"elementwise_affine=True|approximate='none')(?=[,)])")
 
 
 def compact(module: str) -> str:

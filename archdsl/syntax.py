@@ -27,8 +27,24 @@ class Name:
 
 
 @dataclass(frozen=True)
+class Text:
+    """A quoted string: `"same"`. A bare word such as `same` is a Name until a layer's argument reads it."""
+
+    value: str
+    span: Span
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """`(1, 7)`: sizes per axis, for windows that are not square."""
+
+    items: tuple[Expr, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
 class BinOp:
-    op: str  # one of + - * / // == != < <= > >=
+    op: str  # one of + - * / // == != < <= > >= and or
     left: Expr
     right: Expr
     span: Span
@@ -40,7 +56,32 @@ class Neg:
     span: Span
 
 
-Expr = Union[Number, Name, BinOp, Neg]
+@dataclass(frozen=True)
+class Not:
+    operand: Expr
+    span: Span
+
+
+@dataclass(frozen=True)
+class Function:
+    """`max(1, c // 4)`: one of the built-in functions of values."""
+
+    name: str
+    args: tuple[Expr, ...]
+    span: Span
+    name_span: Span
+
+
+@dataclass(frozen=True)
+class InputRef:
+    """`input.channels`: a size of the input of the enclosing block (of the spec, at top level)."""
+
+    attr: str
+    span: Span
+    attr_span: Span
+
+
+Expr = Union[Number, Name, Text, Sizes, BinOp, Neg, Not, Function, InputRef]
 
 
 # Layer paths ---------------------------------------------------------------
@@ -60,10 +101,10 @@ class Keyword:
 
 @dataclass(frozen=True)
 class Tag:
-    """Tagged shorthand such as `k11`: letter 'k', value 11."""
+    """Tagged shorthand such as `k11` (letter 'k', value 11) or `k1x7` (value (1, 7))."""
 
     letter: str
-    value: int
+    value: int | tuple[int, ...]
     span: Span
 
 
@@ -90,10 +131,11 @@ class Call:
 
 @dataclass(frozen=True)
 class Group:
-    """`[ path ]` or `[ path ] * count`."""
+    """`[ path ]`, `[ path ] * count`, or `[ path ] * count as i` (the body sees i = 0, 1, ...)."""
 
     path: Path
     count: Expr | None
+    index: str | None
     span: Span
 
 
@@ -157,6 +199,16 @@ class TrainStmt:
 
 
 @dataclass(frozen=True)
+class DefaultStmt:
+    """`default conv(bias=false)`: arguments for every call of a layer in the spec or the block."""
+
+    layer: str
+    args: tuple[Arg, ...]
+    span: Span
+    name_span: Span
+
+
+@dataclass(frozen=True)
 class ParamDecl:
     name: str
     default: Expr | None
@@ -167,6 +219,7 @@ class ParamDecl:
 class BlockDef:
     name: str
     params: tuple[ParamDecl, ...]
+    defaults: tuple[DefaultStmt, ...]
     body: Path
     span: Span
     name_span: Span
@@ -178,7 +231,7 @@ class LayersStmt:
     span: Span
 
 
-Statement = Union[InputStmt, IncludeStmt, ParamStmt, TrainStmt, BlockDef, LayersStmt]
+Statement = Union[InputStmt, IncludeStmt, ParamStmt, TrainStmt, DefaultStmt, BlockDef, LayersStmt]
 
 
 @dataclass(frozen=True)

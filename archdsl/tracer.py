@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .errors import ArchError, ShapeError
-from .plan import BlockStep, LayerStep, PathStep, Plan, Step
+from .errors import ArchError, ShapeError, Span, combine
+from .plan import MAX_LAYERS, BlockStep, LayerStep, PathStep, Plan, Step
 from .registry import ShapeProblem
 from .summary import Row, Summary
 from .values import show_shape
@@ -45,38 +45,66 @@ def _trace(steps: tuple[Step, ...], x: torch.Tensor, prefix: str, depth: int, ro
     modules: list[nn.Module] = []
     for i, step in enumerate(steps):
         name = f"{prefix}{i}"
-        text = " ".join(step.span.text.split())
+        if len(rows) >= MAX_LAYERS:
+            raise ShapeError(f"the model unrolls to more than {MAX_LAYERS:,} layers; check the repeat counts",
+                             step.span, notes=_notes(callers))
         if isinstance(step, BlockStep):
             at = len(rows)
             rows.append(None)  # the block's row comes before its layers; filled in once traced
-            inner, x = _trace(step.steps, x, f"{name}.", depth + 1, rows, (*callers, step))
+            inner, x = _trace(_body(step, x, callers), x, f"{name}.", depth + 1, rows, (*callers, step))
             module = nn.Sequential(*inner)
-            rows[at] = Row(at + 1, name, depth, "block", text, "Sequential", tuple(x.shape), _count(module), step.span)
+            rows[at] = Row(at + 1, name, depth, "block", step.span.oneline, "Sequential", tuple(x.shape),
+                           _count(module), step.span)
         elif step.paths:
             at = len(rows)
             rows.append(None)
-            paths = [_trace_path(path, x, f"{name}.paths.{j}", depth + 1, rows, callers)
-                     for j, path in enumerate(step.paths)]
+            inputs = _path_inputs(step, x, callers)
+            paths = [_trace_path(path, torch.empty(shape, device="meta"), f"{name}.paths.{j}", depth + 1, rows, callers)
+                     for j, (path, shape) in enumerate(zip(step.paths, inputs))]
             module, x = _run(step, x, callers, paths)
             text = f"{step.layer.name}({', '.join(['[…]'] * len(paths))})"  # the paths have rows of their own
             rows[at] = Row(at + 1, name, depth, "join", text, _one_line(module), tuple(x.shape), _count(module), step.span)
         else:
             module, x = _run(step, x, callers)
-            rows.append(Row(len(rows) + 1, name, depth, "layer", text, repr(module), tuple(x.shape), _count(module),
-                            step.span))
+            shown = _one_line(module) if any(True for _ in module.children()) else repr(module)
+            rows.append(Row(len(rows) + 1, name, depth, "layer", step.span.oneline, shown, tuple(x.shape),
+                            _count(module), step.span))
         modules.append(module)
     return modules, x
 
 
+def _body(step: BlockStep, x: torch.Tensor, callers: tuple[BlockStep, ...]) -> tuple[Step, ...]:
+    """A block's steps; one that reads its input's shape is expanded here, where the shape is known."""
+    try:
+        return step.body(tuple(x.shape[1:]))
+    except ShapeError:
+        raise
+    except ArchError as e:  # its mistakes depend on the shape: report them with the rows traced so far
+        first = ShapeError(e.message, e.span, notes=e.notes)
+        raise combine([first, *e.errors[1:]], e.truncated) from None
+
+
+def _path_inputs(step: LayerStep, x: torch.Tensor, callers: tuple[BlockStep, ...]) -> list[tuple[int, ...]]:
+    """What each path of a join gets: the join's input, or for `split` its part of it."""
+    shape = tuple(x.shape)
+    if step.layer.path_inputs is None:
+        return [shape] * len(step.paths)
+    try:
+        return step.layer.path_inputs(shape, step.args, len(step.paths))
+    except ShapeProblem as e:
+        raise ShapeError(f"{step.layer.name} gets {show_shape(shape)}: {e}", _span_of(step, e), notes=_notes(callers)) \
+            from None
+
+
 def _trace_path(path: PathStep, x: torch.Tensor, name: str, depth: int, rows: list[Row | None],
                 callers: tuple[BlockStep, ...]) -> tuple[nn.Module, tuple[int, ...]]:
-    """One [ path ] of a join, run on the join's input: its own row, then its layers."""
+    """One [ path ] of a join, run on its input: its own row, then its layers."""
     at = len(rows)
     rows.append(None)
     inner, y = _trace(path.steps, x, f"{name}.", depth + 1, rows, callers)
     module = nn.Sequential(*inner)
-    text = _clip(" ".join(path.span.text.split()))
-    rows[at] = Row(at + 1, name, depth, "path", text, "Sequential", tuple(y.shape), _count(module), path.span)
+    rows[at] = Row(at + 1, name, depth, "path", _clip(path.span.oneline), "Sequential", tuple(y.shape), _count(module),
+                   path.span)
     return module, tuple(y.shape)
 
 
@@ -89,14 +117,19 @@ def _one_line(module: nn.Module) -> str:
     return f"{type(module).__name__}({module.extra_repr()})"
 
 
+def _notes(callers: tuple[BlockStep, ...]) -> tuple[str, ...]:
+    return tuple(f"in block {b.name}, called at {b.span.at()}: {b.span.oneline}" for b in reversed(callers))
+
+
+def _span_of(step: LayerStep, problem: ShapeProblem) -> Span:
+    """The argument at fault where the problem names one that is written, else the whole call."""
+    return step.arg_spans.get(problem.arg, step.span) if problem.arg else step.span
+
+
 def _run(step: LayerStep, x: torch.Tensor, callers: tuple[BlockStep, ...],
          paths: list[tuple[nn.Module, tuple[int, ...]]] | None = None) -> tuple[nn.Module, torch.Tensor]:
     shape = tuple(x.shape)
-    text = " ".join(step.span.text.split())
-    if paths is not None:  # a join: name it by what it is, not by its whole text
-        text = step.layer.name
-    notes = tuple(f"in block {b.name}, called at {b.span.line}:{b.span.column}: {' '.join(b.span.text.split())}"
-                  for b in reversed(callers))
+    text = step.span.oneline if paths is None else step.layer.name  # a join: name it by what it is
     extra = () if paths is None else (paths,)  # a join's builder also gets its traced paths
     try:
         with torch.device("meta"):
@@ -109,13 +142,13 @@ def _run(step: LayerStep, x: torch.Tensor, callers: tuple[BlockStep, ...],
                 y = module(x)
             module.train()
     except ShapeProblem as e:
-        raise ShapeError(f"{text} gets {show_shape(shape)}: {e}", step.span, notes=notes) from None
+        raise ShapeError(f"{text} gets {show_shape(shape)}: {e}", _span_of(step, e), notes=_notes(callers)) from None
     except (RuntimeError, ValueError, IndexError, OverflowError, TypeError) as e:  # what torch itself refuses
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ShapeError(f"{text} gets {show_shape(shape)}: {reason}", step.span, notes=notes) from None
+        raise ShapeError(f"{text} gets {show_shape(shape)}: {reason}", step.span, notes=_notes(callers)) from None
     if any(d == 0 for d in y.shape):
         raise ShapeError(f"{text} gets {show_shape(shape)}: its output {show_shape(tuple(y.shape))} is empty", step.span,
-                         notes=notes)
+                         notes=_notes(callers))
     return module, y
 
 
@@ -127,12 +160,18 @@ def materialize(net: nn.Module, device: str | torch.device = "cpu") -> nn.Module
     """Give a meta-built model real storage on `device` and run each module's own initialisation.
 
     Modules are visited in definition order, so with the same seed the weights equal
-    those of the same nn.Sequential written by hand.
+    those of the same nn.Sequential written by hand. A module that initialises its
+    submodules itself, in its own order (`resets_submodules`), is left to do so.
     """
     net.to_empty(device=device)
+    skip: list[str] = []  # prefixes of submodules a parent has initialised
     with torch.no_grad():
-        for m in net.modules():
+        for name, m in net.named_modules():
+            if any(name.startswith(prefix) for prefix in skip):
+                continue
             reset = getattr(m, "reset_parameters", None)
             if callable(reset):
                 reset()
+            if getattr(m, "resets_submodules", False):
+                skip.append(f"{name}." if name else "")
     return net

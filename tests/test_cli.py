@@ -110,8 +110,23 @@ def test_bad_option_values_are_usage_errors():
 def test_layers_lists_the_registry():
     r = run("layers")
     assert r.exit_code == 0
-    assert "conv(channels, kernel, stride=1, padding=0, dilation=1, groups=1, bias=true)" in r.stdout
+    assert "conv(channels, kernel, stride=1, padding=0, dilation=1, groups=1, *, bias=true)" in r.stdout
     assert "maxpool(kernel, stride=kernel, padding=0, ceil=false)" in r.stdout
+    assert "batchnorm(*, eps=1e-05, momentum=0.1, affine=true)" in r.stdout
+    assert "split([path], [path], ..., dim=1, *, sizes=equal)" in r.stdout
+
+
+@pytest.mark.parametrize("args, code", [
+    (["layers"], 0),
+    (["shapes", "input 1x8x8; conv(6 k5)"], 2),  # a syntax error
+    (["shapes", "input 1x8x8; conw(6, k5) batchnorm(16)"], 2),  # mistakes found while expanding the spec
+])
+def test_layers_and_spec_mistakes_need_no_torch(args, code):
+    """`import torch` takes seconds: what can be answered without it is."""
+    probe = ("import sys\nfrom typer.testing import CliRunner\nfrom archdsl.cli import app\n"
+             f"r = CliRunner().invoke(app, {args!r})\nprint(r.exit_code, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.split() == [str(code), "False"]
 
 
 def test_help_explains_and_imports_no_torch():

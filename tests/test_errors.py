@@ -41,7 +41,7 @@ CASES = [
     ("input 1x28x28\nconv(6, k5, strde=2)", 2, 13, 7, "conv has no argument 'strde'; did you mean 'stride'?"),
     ("input 1x28x28\nlinear(10, k3)", 2, 12, 2, "linear has no tag 'k' (kernel)"),
     ("input 1x28x28\nconv(0, k5)", 2, 6, 1, "conv channels must be positive, not 0"),
-    ("input 1x28x28\nconv(6, k5, p(-1))", 2, 14, 1, "unexpected '('"),
+    ("input 1x28x28\nconv(6, k5, p(-1))", 2, 13, 5, "p(...) is not a tag: a tag is a letter and whole numbers, such as p1"),
     ("input 1x28x28\nconv(6, k5, padding=-1)", 2, 21, 2, "conv padding must be at least 0, not -1"),
     ("input 1x28x28\nconv(6, 2.5)", 2, 9, 3, "conv kernel must be a whole number, but 2.5 is 2.5"),
     ("input 1x28x28\nconv(6, k5, bias=1)", 2, 18, 1, "conv bias must be true or false, not 1"),
@@ -51,13 +51,13 @@ CASES = [
     ("input 1x28x28\nparam r = 0\nconv(64 / r, k3)", 3, 6, 6, "division by zero"),
     ("input 1x28x28\nconv(true + 1, k3)", 2, 6, 4, "expected a number, not true"),
     # blocks and repeats
-    ("input 1x8x8\nblock b(c) { conv(c, k1) }\nb(1, 2)", 3, 6, 1, "b takes at most 1 positional arguments (c)"),
+    ("input 1x8x8\nblock b(c) { conv(c, k1) }\nb(1, 2)", 3, 6, 1, "b takes at most 1 positional argument (c)"),
     ("input 1x8x8\nblock b(c) { conv(c, k1) }\nb", 3, 1, 1, "b needs c: b(c)"),
-    ("input 1x8x8\nblock b(c) { conv(c, k1) }\nb(k3)", 3, 3, 2, "block b takes no tags"),
+    ("input 1x8x8\nblock b(c) { conv(c, k1) }\nb(k3)", 3, 3, 2, "block b takes no tag kN: it has no argument named kernel"),
     ("input 1x8x8\nblock a { b }\nblock b { a }\na", 3, 11, 1, "block 'a' calls itself (a -> b -> a)"),
     ("input 1x8x8\nblock a { relu a }\na", 2, 16, 1, "block 'a' calls itself (a -> a)"),
     ("input 1x8x8\nblock relu { identity }\nrelu", 2, 7, 4, "has the name of a built-in layer"),
-    ("input 1x8x8\n[relu] * 0", 2, 10, 1, "a repeat count must be positive, not 0"),
+    ("input 1x8x8\n[relu] * -1", 2, 10, 2, "a repeat count must be at least 0, not -1"),
     ("input 1x8x8\n[[[relu] * 1000] * 1000] * 1000", 2, 2, 22, "more than 100,000 layers"),
     ("input 1x8x8\nrelu([relu])", 2, 6, 6, "relu takes no [ ... ] path arguments"),
     # statements
@@ -73,10 +73,72 @@ CASES = [
                                                          "(sequence, features), but it gets (1, 6, 24, 24); put flatten before it"),
     ("input 1x4x4\nconv(6, k5)", 2, 1, 11, "conv(6, k5) gets (1, 1, 4, 4): kernel 5 is larger than the input 4x4"),
     ("input 1x4x4\nconv(6, k3, d2)", 2, 1, 15, "kernel 3 (dilated to 5) is larger than the input 4x4"),
-    ("input 1x4x4\nmaxpool(2, p2)", 2, 1, 14, "padding 2 is more than half the kernel 2"),
+    ("input 1x4x4\nmaxpool(2, p2)", 2, 12, 2, "padding 2 is more than half the kernel 2"),
     ("input 3x8x8\nconv(4, k3, g2)", 2, 1, 15, "groups=2 must divide the input channels (3)"),
     ("input 1x8x8\nflatten\nmaxpool(2)", 3, 1, 10, "maxpool needs a (C, L), (C, H, W) or (C, D, H, W) input, but it gets (1, 64)"),
-    ("input 8\nsoftmax(dim=2)", 2, 1, 14, "softmax dim 2 is out of range for (1, 8)"),
+    ("input 8\nsoftmax(dim=2)", 2, 13, 1, "softmax dim 2 is out of range for (1, 8)"),
+    # the constructs of today's networks, each used wrongly
+    ("input 1x8x8\nrelu6(2)", 2, 7, 1, "relu6 takes no arguments"),
+    ("input 1x8x8\nleakyrelu(-1)", 2, 11, 2, "leakyrelu slope must be >= 0, not -1"),
+    ("input 1x8x8\ngelu(approximate=fast)", 2, 18, 4, "unknown name 'fast' (this argument takes none, tanh, or a value)"),
+    ("input 3x8x8\nmul([identity], [conv(3, k1) flatten])", 2, 1, 38,
+     "mul needs paths that agree in shape up to broadcasting (each axis equal, or 1 in all but one): "
+     "path 1 gives (1, 3, 8, 8), path 2 gives (1, 192)"),
+    ("input 8x4x4\nsplit([identity], [identity], [identity])", 2, 1, 41,
+     "axis 1 has 8, which does not split evenly into 3 paths"),
+    ("input 8x4x4\nsplit([identity], [identity], sizes=(3, 4))", 2, 37, 6,
+     "sizes (3, 4) must give each of the 2 paths its part of the 8 along axis 1"),
+    ("input 2x16\nconv(4, k1x7)", 2, 9, 4, "kernel (1, 7) has 2 sizes, but the input has 1 spatial axis"),
+    ("input 1x8x8\nconv(4, k3, s2, padding=same)", 2, 25, 4, "padding=same needs stride 1"),
+    ("input 1x8x8\nconv(4, kernel=(1, 2.5))", 2, 16, 8, "conv kernel must be a whole number, but (1, 2.5) is 2.5"),
+    ("input 1x8x8\nconv(4, 3x3)", 2, 9, 3, "a window of several sizes is a tag, k3x3, or a tuple, kernel=(3, 3)"),
+    ("input 1x8x8\nbatchnorm(16)", 2, 11, 2, "batchnorm takes no positional arguments; its channel count comes from "
+                                            "its input; give eps, momentum, affine by name"),
+    ("input 1x8x8\nlinear(64, 10)", 2, 12, 2, "linear takes at most 1 positional argument (features); in_features "
+                                             "come from its input"),
+    ("input 8\nlayernorm(over=channels)", 2, 1, 24, "layernorm over=channels needs a (C, L), (C, H, W)"),
+    ("input 8\nlayernorm(over=3)", 2, 16, 1, "over=3 needs 3 axes besides the batch"),
+    ("input 8x4x4\ngroupnorm(3)", 2, 1, 12, "groups=3 must divide the channels (8)"),
+    ("input 1x8x8\npermute(0, 1, 1, 2)", 2, 9, 10, "is not an order of the 4 axes of (1, 1, 8, 8)"),
+    ("input 1x8x8\npermute(1, 2, 0)", 2, 9, 7, "axes count as torch counts them, with the batch as axis 0: "
+                                              "permute(0, 2, 3, 1)"),
+    ("input 1x8x8\npermute(1, 0, 2, 3)", 2, 9, 10, "permute must keep the batch, axis 0, first"),
+    ("input 1x8x8\ntranspose(0, 1)", 2, 11, 1, "transpose cannot use axis 0, the batch"),
+    ("input 1x8x8\nflatten(0)", 2, 9, 1, "flatten cannot use axis 0, the batch"),
+    ("input 1x8x8\nflatten(3, 2)", 2, 9, 1, "flatten start 3 comes after end 2"),
+    ("input 1x8x8\nreshape(5, 5)", 2, 9, 4, "has 64 values per example, but shape (5, 5) holds 25"),
+    ("input 1x8x8\nreshape(-1, -1)", 2, 9, 6, "with at most one -1"),
+    ("input 8\nunflatten(1, (3, 3))", 2, 14, 6, "sizes (3, 3) hold 9 values, but axis 1 has 8"),
+    ("input 1x8x8\nmean(0)", 2, 6, 1, "mean cannot use axis 0, the batch"),
+    ("input 8x4x4\nchannelshuffle(3)", 2, 16, 1, "C divisible by groups=3"),
+    ("input 8\ndroppath(1)", 2, 10, 1, "droppath p must be in [0, 1), not 1"),
+    ("input 8x4x4\nlayerscale(1e-6, dim=5)", 2, 22, 1, "layerscale axis 5 is out of range for (1, 8, 4, 4)"),
+    ("input 3x8x8\nclasstoken", 2, 1, 10, "classtoken needs a sequence (tokens, features), but it gets (1, 3, 8, 8)"),
+    ("input 4x8\nattention(3)", 2, 11, 1, "heads=3 must divide the features (8)"),
+    ("input 4x8\ntoken(9)", 2, 7, 1, "token 9 is out of range for 4 tokens"),
+    ("input 1x8x8\nconv(8, k1, bias=\"no\")", 2, 18, 4, "conv bias must be true or false, not 'no'"),
+    # defaults, input sizes, expressions
+    ("input 1x8x8\ndefault conv(64)\nconv(8, k1)", 2, 14, 2, "a default gives arguments by name"),
+    ("input 1x8x8\nblock b { relu }\ndefault b(x=1)\nb", 3, 9, 1, "default sets arguments of built-in layers"),
+    ("input 1x8x8\ndefault conv(bias=1)\nconv(8, k1)", 2, 19, 1, "conv bias must be true or false, not 1"),
+    ("input 1x8x8\ndefault conv(bias=false)\ndefault conv(bias=true)\nconv(8, k1)", 3, 19, 4,
+     "default conv: bias is given twice"),
+    ("input 8\nblock b { linear(input.height) }\nb", 2, 18, 12, "input.height needs an input of at least 3 axes"),
+    ("input 1x8x8\nblock b { conv(input.chanels, k1) }\nb", 2, 22, 7,
+     "input has no size 'chanels'; did you mean 'channels'?"),
+    ("input 1x8x8\nconv(max(1), k1)", 2, 6, 6, "max takes 2 or more arguments, not 1"),
+    ("input 1x8x8\nconv(foo(1), k1)", 2, 6, 3, "unknown function 'foo'"),
+    ("input 1x8x8\nif true and 1 [relu]", 2, 13, 1, "expected true or false, not 1"),
+    ("input 1x8x8\nif not 3 [relu]", 2, 8, 1, "expected true or false, not 3"),
+    ("input 1x8x8\nconv(make_divisible(8, 0), k1)", 2, 6, 20, "make_divisible needs a positive divisor"),
+    ("input 1x8x8\n[relu] * 2 as i\nlinear(i)", 3, 8, 1, "unknown name 'i'"),
+    # names: what archdsl calls a thing, what it lacks, and no suggestion that could not be meant
+    ("input 1x8x8\nConv2d(4, k3)", 2, 1, 6, "unknown layer 'Conv2d'; archdsl calls it 'conv'"),
+    ("input 1x8x8\nswish", 2, 1, 5, "unknown layer 'swish'; archdsl calls it 'silu'"),
+    ("input 1x8x8\nlstm(4)", 2, 1, 4, "recurrent layers (LSTM, GRU, RNN) are not in the language"),
+    ("input 1x8x8\nfor", 2, 1, 3, "there are no loops: repeat a path with [ ... ] * n"),
+    ("input 1x8x8\nx = 3", 2, 3, 1, "there are no assignments: declare a value with param NAME = value"),
+    ("input 1x8x8\nnn.Conv2d(1, 4, 3)", 2, 3, 1, "names have no dots"),
 ]
 
 
@@ -166,3 +228,54 @@ def test_deep_nesting_is_an_error_not_a_crash():
 ])
 def test_absurd_sizes_are_errors_not_hangs_or_crashes(text, words):
     assert words in error_of(text).message
+
+
+# Several mistakes, one report -------------------------------------------------------
+
+def test_independent_mistakes_are_all_reported_each_at_its_place():
+    text = ("input 1x28x28\nconw(6, k5) relu6(2)\nblock b(c) { conv(c, k3, strde=2) }\nb(4) b(5)\n"
+            "linear(2, 3) batchnorm(16)\n")
+    e = error_of(text)
+    found = [(x.span.line, x.span.column, x.message.split(";")[0]) for x in e.errors]
+    assert found == [(2, 1, "unknown layer 'conw'"), (2, 19, "relu6 takes no arguments"),
+                     (3, 26, "conv has no argument 'strde'"),  # once, though the block is called twice
+                     (5, 11, "linear takes at most 1 positional argument (features)"),
+                     (5, 24, "batchnorm takes no positional arguments")]
+    assert e.errors[2].notes == ("in block b, called at 4:1: b(4)",)
+    report = e.render()
+    assert report.count(": error: ") == 5 and report.endswith("\n5 errors")
+
+
+def test_syntax_errors_are_all_reported_after_resynchronising_at_the_next_statement():
+    e = error_of("input 1x28x28\nconv(6 k5)\nrelu $\nblock { relu }\nconv(6, k5)\nx = 3\n")
+    assert isinstance(e, SpecSyntaxError)
+    assert [(x.span.line, x.span.column) for x in e.errors] == [(2, 8), (3, 6), (4, 7), (6, 3)]
+
+
+def test_an_unclosed_bracket_ends_the_report_instead_of_cascading():
+    e = error_of("input 1x8x8\nconv(6, k5\nrelu\nsigmoid $\n")
+    assert len(e.errors) == 1 and e.message == "unexpected name 'relu'; expected ')' or ','"
+
+
+def test_the_report_stops_at_the_limit():
+    from archdsl.errors import MAX_ERRORS
+    e = error_of("input 1x8x8\n" + "\n".join(f"bad{i}" for i in range(MAX_ERRORS + 5)))
+    assert len(e.errors) == MAX_ERRORS and e.truncated
+    assert e.render().endswith(f"{MAX_ERRORS} errors; stopped after the first {MAX_ERRORS}")
+
+
+def test_a_failing_param_is_not_reported_again_at_each_use():
+    e = error_of("input 1x8x8\nparam c = 8 / 0\nconv(c, k1) conv(c, k1)")
+    assert len(e.errors) == 1 and e.message == "division by zero"
+
+
+@pytest.mark.parametrize("name", ["relu7", "conv7", "gelu2"])
+def test_no_did_you_mean_for_a_different_thing(name):
+    """relu6 is not a typo of relu: a name differing by digits gets no suggestion."""
+    assert "did you mean" not in error_of(f"input 8\n{name}").message
+
+
+@pytest.mark.parametrize("typo, meant", [("rleu", "relu"), ("conw", "conv"), ("batchnrom", "batchnorm"),
+                                         ("Relu", "relu"), ("layrnorm", "layernorm")])
+def test_did_you_mean_for_a_typo(typo, meant):
+    assert f"did you mean '{meant}'?" in error_of(f"input 8\n{typo}").message
