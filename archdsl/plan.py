@@ -9,6 +9,7 @@ MAX_ERRORS), each at its place in the spec.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
@@ -271,7 +272,7 @@ class _Expander:
         except (OSError, UnicodeDecodeError) as e:
             raise ArchError(f"cannot read {name}: {e}", st.span) from None
         defaults = []
-        for inner in parse_source(Source(name, text)).statements:
+        for inner in _parse_included(name, text).statements:
             if isinstance(inner, S.IncludeStmt):
                 self._attempt(self._include, inner, chain + (path,))
             elif isinstance(inner, S.BlockDef):
@@ -541,6 +542,12 @@ class _Expander:
             if call.name in self.blocks:
                 self._check_recursion(self.blocks[call.name], chain)
         self.acyclic.add(bdef.name)
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_included(name: str, text: str) -> S.Spec:
+    """An included file's syntax tree, parsed once per text: the standard library is included again and again."""
+    return parse_source(Source(name, text))
 
 
 def _calls(items: tuple[S.Item, ...]) -> Iterator[S.Call]:

@@ -19,7 +19,7 @@ class Row:
     index: int  # 1-based position in the table
     name: str  # the module's path in the model, as in state_dict keys: "3", "4.0"
     depth: int  # 0 at top level, 1 inside a block, ...
-    kind: str  # "layer" or "block"
+    kind: str  # "layer"; "block" (a block call); "join" (concat, add, mul, split); "path" (one [ path ] of a join)
     layer: str  # the call as written in the spec
     module: str  # the torch module: its repr for a layer, its class for a block
     output_shape: tuple[int, ...]  # batch first
@@ -80,8 +80,8 @@ class Summary:
         """The rows as an aligned text table; `depth` hides rows nested deeper than it."""
         rows = [r for r in self.rows if depth is None or r.depth <= depth]
         head = ("#", "layer", "module", "output shape", "params", "at")
-        body = [(str(r.index), "  " * r.depth + r.layer, compact(r.module), show_shape(r.output_shape), f"{r.params:,}",
-                 self._at(r)) for r in rows]
+        body = [(str(r.index), clip("  " * r.depth + r.layer), compact(r.module), show_shape(r.output_shape),
+                 f"{r.params:,}", self._at(r)) for r in rows]
         widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head))]
         right = {0, 4}  # numbers align right
 
@@ -115,13 +115,21 @@ class Summary:
         body = "".join(
             "<tr>" + "".join(f"<td style='text-align:{a}'>{html.escape(v)}</td>" for a, v in zip(
                 ("right", "left", "left", "left", "right", "left"),
-                (str(r.index), "\u2003" * r.depth + r.layer, compact(r.module), show_shape(r.output_shape),
+                (str(r.index), "\u2003" * r.depth + clip(r.layer), compact(r.module), show_shape(r.output_shape),
                  f"{r.params:,}", self._at(r)))) + "</tr>"
             for r in self.rows)
         foot = (f"Total params: {self.total_params:,} &middot; output {show_shape(self.output_shape)}" if self.complete
                 else f"stopped at a shape error; params so far: {self.total_params:,}")
         return (f"<div><b>{html.escape(self.spec)}</b>: input {show_shape(self.input_shape)}"
                 f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{foot}</div>")
+
+
+LAYER_WIDTH = 64  # the table's layer column; JSON and the rows keep the whole text
+
+
+def clip(text: str, width: int = LAYER_WIDTH) -> str:
+    """A long call or path cut to the column's width: `inverted_residual(40, k5, s2, …`."""
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 _SQUARE = re.compile(r"\((\d+)(?:, \1)+\)")  # (3, 3) -> 3

@@ -54,7 +54,7 @@ def _trace(steps: tuple[Step, ...], x: torch.Tensor, prefix: str, depth: int, ro
             inner, x = _trace(_body(step, x, callers), x, f"{name}.", depth + 1, rows, (*callers, step))
             module = nn.Sequential(*inner)
             rows[at] = Row(at + 1, name, depth, "block", step.span.oneline, "Sequential", tuple(x.shape),
-                           _count(module), step.span)
+                           _inner_params(rows, at, depth), step.span)
         elif step.paths:
             at = len(rows)
             rows.append(None)
@@ -63,7 +63,9 @@ def _trace(steps: tuple[Step, ...], x: torch.Tensor, prefix: str, depth: int, ro
                      for j, (path, shape) in enumerate(zip(step.paths, inputs))]
             module, x = _run(step, x, callers, paths)
             text = f"{step.layer.name}({', '.join(['[…]'] * len(paths))})"  # the paths have rows of their own
-            rows[at] = Row(at + 1, name, depth, "join", text, _one_line(module), tuple(x.shape), _count(module), step.span)
+            own = sum(p.numel() for p in module.parameters(recurse=False))
+            rows[at] = Row(at + 1, name, depth, "join", text, _one_line(module), tuple(x.shape),
+                           own + _inner_params(rows, at, depth), step.span)
         else:
             module, x = _run(step, x, callers)
             shown = _one_line(module) if any(True for _ in module.children()) else repr(module)
@@ -103,13 +105,9 @@ def _trace_path(path: PathStep, x: torch.Tensor, name: str, depth: int, rows: li
     rows.append(None)
     inner, y = _trace(path.steps, x, f"{name}.", depth + 1, rows, callers)
     module = nn.Sequential(*inner)
-    rows[at] = Row(at + 1, name, depth, "path", _clip(path.span.oneline), "Sequential", tuple(y.shape), _count(module),
-                   path.span)
+    rows[at] = Row(at + 1, name, depth, "path", path.span.oneline, "Sequential", tuple(y.shape),
+                   _inner_params(rows, at, depth), path.span)
     return module, tuple(y.shape)
-
-
-def _clip(text: str, width: int = 48) -> str:
-    return text if len(text) <= width else text[: width - 2] + "…]"
 
 
 def _one_line(module: nn.Module) -> str:
@@ -150,6 +148,11 @@ def _run(step: LayerStep, x: torch.Tensor, callers: tuple[BlockStep, ...],
         raise ShapeError(f"{text} gets {show_shape(shape)}: its output {show_shape(tuple(y.shape))} is empty", step.span,
                          notes=_notes(callers))
     return module, y
+
+
+def _inner_params(rows: list[Row | None], at: int, depth: int) -> int:
+    """The parameters of the container whose row is at `at`: those of its children's rows, traced after it."""
+    return sum(r.params for r in rows[at + 1:] if r.depth == depth + 1)
 
 
 def _count(module: nn.Module) -> int:

@@ -1,8 +1,9 @@
-"""How long `archdsl.trace` takes next to `torchinfo.summary` on the same model.
+"""How long `archdsl.trace` takes next to `torchinfo.summary` on the same model, and on every spec.
 
     python benchmarks/bench_trace.py [--repeat 5]
 
-Prints a table of median in-process times. archdsl traces on the meta device, so its
+Prints two tables of median in-process times: VGG-11 beside torchinfo, then every spec
+in specs/ against the target of 200 ms a trace. archdsl traces on the meta device, so its
 time does not grow with the input size; torchinfo runs a real forward pass, which at
 4096x4096 needs the model built for real (VGG-11's first linear layer alone then holds
 34 G weights, 128 GiB): that row is reported, not run. For a like-for-like figure,
@@ -24,7 +25,9 @@ import archdsl
 from archdsl.api import plan
 from archdsl.tracer import trace_plan
 
-VGG = Path(__file__).resolve().parent.parent / "specs" / "vgg.arch"
+SPECS = Path(__file__).resolve().parent.parent / "specs"
+VGG = SPECS / "vgg.arch"
+TARGET_MS = 200  # a spec traces in under this, in process
 
 
 def median_seconds(fn: Callable[[], object], repeat: int) -> float:
@@ -59,11 +62,23 @@ def main() -> None:
                               args.repeat)
         rows.append((f"VGG-11 1x{size}x{size}", f"{params:,}", f"{ours * 1e3:,.1f} ms", real_cell, f"{meta * 1e3:,.1f} ms"))
 
-    head = ("model", "params", "archdsl.trace", "torchinfo.summary (CPU)", "torchinfo.summary (meta)")
+    print(f"median of {args.repeat} runs, torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    print_table(("model", "params", "archdsl.trace", "torchinfo.summary (CPU)", "torchinfo.summary (meta)"), rows)
+
+    rows = []
+    for spec in sorted(SPECS.rglob("*.arch")):
+        summary = archdsl.trace(spec)
+        ms = median_seconds(lambda: archdsl.trace(spec), args.repeat) * 1e3
+        rows.append((str(spec.relative_to(SPECS)), f"{summary.total_params:,}", f"{len(summary):,}", f"{ms:,.1f} ms",
+                     "ok" if ms < TARGET_MS else "SLOW"))
+    print()
+    print_table(("spec", "params", "rows", "archdsl.trace", f"< {TARGET_MS} ms"), rows)
+
+
+def print_table(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    print(f"median of {args.repeat} runs, torch {torch.__version__}, {torch.get_num_threads()} threads")
     for r in [head, tuple("-" * w for w in widths), *rows]:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
 
 
 if __name__ == "__main__":

@@ -32,6 +32,6 @@ def test_readme_quick_start_is_what_ci_runs():
 def test_readme_figures_match_the_specs():
     readme = (ROOT / "README.md").read_text()
     rows = re.findall(r"\| `(specs/[\w/-]+\.arch)` \| [^|]+ \| [^|]+ \| ([\d,]+) \|", readme)
-    assert len(rows) == 11
+    assert len(rows) == 24
     for spec, params in rows:
         assert f"{archdsl.trace(ROOT / spec).total_params:,}" == params, spec
