@@ -87,9 +87,22 @@ def shapes(
             if e.summary is not None:
                 _print_summary(e.summary, format, depth, error=e)
             raise
+        except ArchError as e:
+            if format is Format.json:  # a program reading stdout gets the mistakes as JSON too
+                typer.echo(json.dumps({"spec": e.span.source.name if e.span else spec, "complete": False,
+                                       "layers": [], **_errors_json(e)}, indent=2))
+            raise
         _print_summary(summary, format, depth)
 
     guarded(run)
+
+
+def _errors_json(error: ArchError) -> dict[str, Any]:
+    """`error`: the first mistake, located; `errors`: all of them, when there are several."""
+    located = [{"message": e.message, "file": e.span.source.name if e.span else None,
+                "line": e.span.line if e.span else None, "column": e.span.column if e.span else None}
+               for e in error.errors]
+    return {"error": located[0], **({"errors": located} if len(located) > 1 else {})}
 
 
 def _print_summary(summary: Any, format: Format, depth: Optional[int], error: ShapeError | None = None) -> None:
@@ -98,12 +111,7 @@ def _print_summary(summary: Any, format: Format, depth: Optional[int], error: Sh
         if depth is not None:
             data["layers"] = [r for r in data["layers"] if r["depth"] <= depth]
         if error is not None:
-            located = [{"message": e.message, "file": e.span.source.name if e.span else None,
-                        "line": e.span.line if e.span else None, "column": e.span.column if e.span else None}
-                       for e in error.errors]
-            data["error"] = {k: v for k, v in located[0].items() if k != "file"}
-            if len(located) > 1:
-                data["errors"] = located
+            data.update(_errors_json(error))
         typer.echo(json.dumps(data, indent=2))
     else:
         typer.echo(summary.table(depth))

@@ -58,7 +58,8 @@ def _per_axis(value: int | tuple[int, ...], n: int, name: str) -> tuple[int, ...
     if not isinstance(value, tuple):
         return (value,) * n
     if len(value) != n:
-        raise ShapeProblem(f"{name} {show(value)} has {len(value)} sizes, but the input has {n} spatial "
+        sizes = f"{len(value)} size{'s' if len(value) != 1 else ''}"
+        raise ShapeProblem(f"{name} {show(value)} has {sizes}, but the input has {n} spatial "
                            f"ax{'is' if n == 1 else 'es'}", arg=name)
     return value
 
@@ -91,7 +92,7 @@ def _axis(dim: int, x: Shape, name: str, arg: str = "dim") -> int:
 # Convolution, linear and pooling ---------------------------------------------
 
 @layer("conv",
-       Arg("channels", POSITIVE, doc="output channels"),
+       Arg("channels", POSITIVE, aliases=("out_channels",), doc="output channels"),
        Arg("kernel", Sizes(1), tag="k", aliases=("kernel_size",)),
        Arg("stride", Sizes(1), 1, tag="s"),
        Arg("padding", Sizes(0, words=("same", "valid")), 0, tag="p"),
@@ -112,7 +113,13 @@ def conv(x: Shape, a: Args) -> nn.Module:
                            f"but the stride is {show(a.stride)}; give the padding as a number", arg="padding")
     padding = 0 if a.padding == "valid" else a.padding
     if padding != "same":
-        _window(x, a.kernel, a.stride, padding, a.dilation)
+        try:
+            _window(x, a.kernel, a.stride, padding, a.dilation)
+        except ShapeProblem as e:
+            if a.channels != c:
+                raise
+            raise ShapeProblem(f"{e}; conv takes no input channels, they come from the input: is this torch's "
+                               f"Conv2d(in, out, kernel)? Write conv(out, kernel)") from None
     else:
         _per_axis(a.kernel, n, "kernel"), _per_axis(a.dilation, n, "dilation")
     cls = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[n - 1]
@@ -126,6 +133,9 @@ def conv(x: Shape, a: Args) -> nn.Module:
 def linear(x: Shape, a: Args) -> nn.Module:
     """Fully connected layer (nn.Linear) on the last axis; in_features come from the input.
     On an image it needs pointwise=true, said on purpose: at each position, over features put last by permute."""
+    if len(x) < 2:
+        raise ShapeProblem(f"linear needs (features,) or (sequence, features), but it gets {show_shape(x)}: "
+                           f"only the batch axis is left")
     if len(x) > 3 and not a.pointwise:
         raise ShapeProblem(f"linear needs (features,) or (sequence, features), but it gets {show_shape(x)}; "
                            f"put flatten before it (or, to apply it at each position to the last axis, "
@@ -329,36 +339,38 @@ def flatten(x: Shape, a: Args) -> nn.Module:
     return nn.Flatten(a.start, a.end)
 
 
+def _worked_out(sizes: tuple[int, ...], x: Shape, axes: slice, where: str, arg: str) -> tuple[int, ...]:
+    """`sizes` with its one -1 worked out so that they hold the values of x's `axes`, as torch's reshape does."""
+    if any(s < -1 or s == 0 for s in sizes) or sizes.count(-1) > 1:
+        raise ShapeProblem(f"{arg} {show(sizes)} must be positive sizes, with at most one -1 (worked out)", arg=arg)
+    total, known = math.prod(x[axes]), math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+        if total % known:
+            raise ShapeProblem(f"{show_shape(x)} has {total} values {where}; no size times {known} holds them",
+                               arg=arg)
+        return tuple(total // known if s == -1 else s for s in sizes)
+    if known != total:
+        raise ShapeProblem(f"{show_shape(x)} has {total} values {where}, but {arg} {show(sizes)} holds {known}",
+                           arg=arg)
+    return sizes
+
+
 def _unflatten_shape(x: Shape, a: Args) -> Shape:
     dim = _axis(a.dim, x, "unflatten")
-    if math.prod(a.sizes) != x[dim]:
-        raise ShapeProblem(f"sizes {show(a.sizes)} hold {math.prod(a.sizes)} values, but axis {dim} has {x[dim]}",
-                           arg="sizes")
-    return (*x[:dim], *a.sizes, *x[dim + 1:])
+    sizes = a.sizes if isinstance(a.sizes, tuple) else (a.sizes,)
+    return (*x[:dim], *_worked_out(sizes, x, slice(dim, dim + 1), f"on axis {dim}", "sizes"), *x[dim + 1:])
 
 
-@layer("unflatten", Arg("dim", ANY_INT), Arg("sizes", Sizes(1)), out_shape=_unflatten_shape)
+@layer("unflatten", Arg("dim", ANY_INT), Arg("sizes", Sizes(-1)), out_shape=_unflatten_shape)
 def unflatten(x: Shape, a: Args) -> nn.Module:
-    """Split axis dim into sizes (nn.Unflatten): `unflatten(1, (16, 49))` takes (784,) to (16, 49)."""
-    if not isinstance(a.sizes, tuple):
-        a = Args(**{**vars(a), "sizes": (a.sizes,)})
-    _unflatten_shape(x, a)
-    return nn.Unflatten(a.dim, a.sizes)
+    """Split axis dim into sizes (nn.Unflatten): `unflatten(1, (16, 49))` takes (784,) to (16, 49); one may be -1."""
+    shape = _unflatten_shape(x, a)
+    dim = a.dim % len(x)
+    return nn.Unflatten(a.dim, shape[dim:len(shape) - (len(x) - dim - 1)])
 
 
 def _reshape_shape(x: Shape, a: Args) -> Shape:
-    total, known = math.prod(x[1:]), math.prod(s for s in a.shape if s != -1)
-    if any(s < -1 or s == 0 for s in a.shape) or list(a.shape).count(-1) > 1:
-        raise ShapeProblem(f"shape {show(a.shape)} must be positive sizes, with at most one -1 (worked out)", arg="shape")
-    if -1 in a.shape:
-        if total % known:
-            raise ShapeProblem(f"{show_shape(x)} has {total} values per example; no size times {known} holds them",
-                               arg="shape")
-        return (x[0], *(total // known if s == -1 else s for s in a.shape))
-    if known != total:
-        raise ShapeProblem(f"{show_shape(x)} has {total} values per example, but shape {show(a.shape)} holds {known}",
-                           arg="shape")
-    return (x[0], *a.shape)
+    return (x[0], *_worked_out(tuple(a.shape), x, slice(1, None), "per example", "shape"))
 
 
 @layer("reshape", Arg("shape", Int(None), many=True), out_shape=_reshape_shape)
@@ -407,7 +419,10 @@ def transpose(x: Shape, a: Args) -> nn.Module:
 
 
 def _mean_shape(x: Shape, a: Args) -> Shape:
-    dims = {_axis(d, x, "mean", "dims") for d in a.dims}
+    axes = [_axis(d, x, "mean", "dims") for d in a.dims]
+    if len(set(axes)) < len(axes):
+        raise ShapeProblem(f"mean{show(a.dims)} names an axis twice", arg="dims")
+    dims = set(axes)
     return tuple(1 if i in dims else s for i, s in enumerate(x)) if a.keepdim else \
         tuple(s for i, s in enumerate(x) if i not in dims)
 
@@ -535,11 +550,15 @@ def add(x: Shape, a: Args, paths: Paths) -> nn.Module:
 
 
 def _broadcast(paths: Paths) -> Shape:
+    """The shape the paths' outputs multiply to: same rank (so the batch meets the batch), and on each
+    axis equal sizes or 1."""
+    why = "in rank and, on each axis, in size (or be 1 there)"
+    if len({len(shape) for _, shape in paths}) > 1:
+        raise _paths_disagree("mul", paths, why)
     try:
         return tuple(torch.broadcast_shapes(*(shape for _, shape in paths)))
     except RuntimeError:
-        raise _paths_disagree("mul", paths, "in shape up to broadcasting (each axis equal, or 1 in all but one)") \
-            from None
+        raise _paths_disagree("mul", paths, why) from None
 
 
 @layer("mul", takes_paths=True, out_shape=lambda x, a, paths: _broadcast(paths))

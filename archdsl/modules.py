@@ -8,6 +8,9 @@ tensor plumbing, stochastic depth, layer scale, and the pieces of a vision trans
 
 from __future__ import annotations
 
+import operator
+from typing import Callable
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -33,11 +36,10 @@ class Concat(nn.Module):
         return f"dim={self.dim}"
 
 
-class Add(nn.Module):
-    """Run each path on the input and add the outputs elementwise: a residual connection.
+class _Elementwise(nn.Module):
+    """Run each path on the input and fold the outputs together with `combine`."""
 
-    ResNet: `add([conv(64, k3, p1) batchnorm relu conv(64, k3, p1) batchnorm], [identity])`.
-    """
+    combine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
     def __init__(self, *paths: nn.Module) -> None:
         super().__init__()
@@ -46,26 +48,27 @@ class Add(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.paths[0](x)
         for path in self.paths[1:]:
-            out = out + path(x)
+            out = self.combine(out, path(x))
         return out
 
 
-class Mul(nn.Module):
+class Add(_Elementwise):
+    """Run each path on the input and add the outputs elementwise: a residual connection.
+
+    ResNet: `add([conv(64, k3, p1) batchnorm relu conv(64, k3, p1) batchnorm], [identity])`.
+    """
+
+    combine = staticmethod(operator.add)
+
+
+class Mul(_Elementwise):
     """Run each path on the input and multiply the outputs, broadcasting: squeeze-and-excitation.
 
     `mul([identity], [adaptiveavgpool(1) conv(16, k1) relu conv(64, k1) sigmoid])` scales each
     channel of the input by a gate computed from the whole image.
     """
 
-    def __init__(self, *paths: nn.Module) -> None:
-        super().__init__()
-        self.paths = nn.ModuleList(paths)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.paths[0](x)
-        for path in self.paths[1:]:
-            out = out * path(x)
-        return out
+    combine = staticmethod(operator.mul)
 
 
 class Split(nn.Module):

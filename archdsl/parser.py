@@ -10,7 +10,7 @@ from pathlib import Path as FsPath
 from typing import Iterator
 
 from lark import Lark, Token, Transformer, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
 from . import syntax as S
 from .errors import ArchError, ErrorLog, Source, Span, SpecSyntaxError
@@ -48,12 +48,12 @@ def _lark() -> Lark:
 def source_of(spec: str | os.PathLike[str]) -> Source:
     """Read a spec file, or wrap spec text given directly.
 
-    A path object, or a one-word string that names a file or ends in `.arch`, is a
-    file; any other string is spec text.
+    A path object, or a one-word string that names a file or a directory or ends in
+    `.arch`, is a file; any other string is spec text.
     """
     if isinstance(spec, os.PathLike) or (
         isinstance(spec, str) and spec.strip() and not any(c in spec for c in " \t\n;()[]{}")
-        and (spec.endswith(".arch") or os.path.isfile(spec))
+        and (spec.endswith(".arch") or os.path.exists(spec))
     ):
         path = FsPath(spec)
         try:
@@ -105,7 +105,9 @@ def parse_source(source: Source) -> S.Spec:
         transformer = _ToSyntax(source)
         try:
             spec = transformer.transform(tree)
-        except RecursionError:
+        except (RecursionError, VisitError) as e:  # lark wraps a RecursionError in a method in VisitError
+            if isinstance(e, VisitError) and not isinstance(e.orig_exc, RecursionError):
+                raise
             raise SpecSyntaxError("the spec nests brackets too deeply", where=source.name) from None
         transformer.log.check()
         return spec

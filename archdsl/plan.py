@@ -39,13 +39,12 @@ KNOWN_AS = {
     "adaptiveavgpool3d": "adaptiveavgpool", "globalavgpool": "adaptiveavgpool", "gap": "adaptiveavgpool",
     "batchnorm1d": "batchnorm", "batchnorm2d": "batchnorm", "batchnorm3d": "batchnorm", "bn": "batchnorm",
     "instancenorm1d": "instancenorm", "instancenorm2d": "instancenorm", "instancenorm3d": "instancenorm",
-    "layer_norm": "layernorm", "ln": "layernorm", "layernorm2d": "layernorm", "group_norm": "groupnorm",
-    "swish": "silu", "hswish": "hardswish", "hard_swish": "hardswish", "hsigmoid": "hardsigmoid",
-    "hard_sigmoid": "hardsigmoid", "leaky_relu": "leakyrelu", "lrelu": "leakyrelu", "log_softmax": "logsoftmax",
-    "localresponsenorm": "lrn", "stochasticdepth": "droppath", "drop_path": "droppath",
+    "ln": "layernorm", "layernorm2d": "layernorm", "swish": "silu", "hswish": "hardswish",
+    "hsigmoid": "hardsigmoid", "lrelu": "leakyrelu", "localresponsenorm": "lrn", "stochasticdepth": "droppath",
     "multiheadattention": "attention", "mha": "attention", "selfattention": "attention",
-    "channel_shuffle": "channelshuffle", "view": "reshape", "cat": "concat", "residual_add": "add",
-}
+    "globalaveragepooling2d": "adaptiveavgpool", "globalavgpool2d": "adaptiveavgpool", "view": "reshape",
+    "cat": "concat", "residualadd": "add",
+}  # keys in lower case without underscores: adaptive_avg_pool2d and AdaptiveAvgPool2d are both found
 
 # Constructs the language does not have, and what to write instead where there is a way.
 LACKS = {
@@ -60,8 +59,23 @@ LACKS = {
     **dict.fromkeys(("import", "from"), "bring in blocks with include NAME or include \"file.arch\""),
     **dict.fromkeys(("let", "var", "const", "set"), "declare a value with param NAME = value, or give a block "
                                                     "an argument with a default"),
+    **dict.fromkeys(("dropout1d", "dropout2d", "dropout3d"), "there is no channel dropout yet: dropout drops single "
+                                                             "values, not whole channels"),
     "sequential": "a spec is a sequence already: write the layers one after another; group them with a block",
 }
+
+
+class TooLarge(ArchError):
+    """The spec unrolls to more layers than MAX_LAYERS: the expansion stops at once, not at the next item."""
+
+
+TOO_DEEP = "the spec nests blocks, joins or expressions too deeply to unroll (Python's recursion limit)"
+
+# Names a spec cannot give to a param, a block argument or a repeat index: they mean something already.
+RESERVED = ("true", "false", INPUT)
+
+# Statement words, which are names inside a block body; there they were meant as statements.
+STATEMENTS = ("default", "param", "input", "include", "train", "block")
 
 
 def check_dataset(name: str, span: Span | None = None) -> str:
@@ -151,7 +165,10 @@ class Scope:
 def expand(spec: S.Spec, overrides: Mapping[str, Any] | None = None,
            input_shape: tuple[int, ...] | None = None) -> Plan:
     """Resolve a parsed spec into a plan. `overrides` set declared params; `input_shape` replaces `input`."""
-    return _Expander(spec).run(dict(overrides or {}), input_shape)
+    try:
+        return _Expander(spec).run(dict(overrides or {}), input_shape)
+    except RecursionError:
+        raise ArchError(TOO_DEEP, where=spec.source.name) from None
 
 
 def _display(path: Path) -> str:
@@ -236,6 +253,8 @@ class _Expander:
         """Run one independent piece of the expansion; log its mistake, with the calls that led there, and go on."""
         try:
             return fn(*args)
+        except TooLarge:
+            raise
         except ArchError as e:
             for one in e.errors:
                 one.notes += tuple(n for n in reversed(self.calls) if n not in one.notes)
@@ -243,6 +262,7 @@ class _Expander:
             return None
 
     def _unique(self, name: str, span: Span) -> None:
+        self._reserved(name, span)
         if name in self.seen:
             raise ArchError(f"'{name}' is defined twice", span, notes=first_at(self.seen[name], span, "first defined"))
         self.seen[name] = span
@@ -251,6 +271,8 @@ class _Expander:
         self._unique(block.name, block.name_span)
         if block.name in REGISTRY:
             raise ArchError(f"block '{block.name}' has the name of a built-in layer; choose another", block.name_span)
+        for p in block.params:
+            self._reserved(p.name, p.span)
         self.blocks[block.name] = block
         if foreign:
             self.foreign.add(block.name)
@@ -408,15 +430,24 @@ class _Expander:
             body = self._items(group.path.items, scope) if n else []
             self._grow(_size(tuple(body)) * (n - 1), group.span)
             return body * n
+        self._reserved(group.index, group.span)
+        if n > MAX_LAYERS:  # even an empty body would take that many expansions
+            raise TooLarge(f"a repeat of {n:,} is more than the {MAX_LAYERS:,} layers a spec may unroll to",
+                           group.count.span)
         out: list[Step] = []
         for i in range(n):  # the body sees its index: expand it once per index
             out += self._items(group.path.items, scope.let(**{group.index: Fraction(i)}))
         return out
 
+    @staticmethod
+    def _reserved(name: str, span: Span) -> None:
+        if name in RESERVED:
+            raise ArchError(f"'{name}' already means something; give it another name", span)
+
     def _grow(self, n: int, span: Span) -> None:
         self.count += n
         if self.count > MAX_LAYERS:
-            raise ArchError(f"the spec unrolls to more than {MAX_LAYERS:,} layers; check the repeat counts", span)
+            raise TooLarge(f"the spec unrolls to more than {MAX_LAYERS:,} layers; check the repeat counts", span)
 
     @staticmethod
     def _call_args(args: tuple[S.Arg, ...]) -> list[CallArg]:
@@ -456,9 +487,12 @@ class _Expander:
         return LayerStep(ldef, args, call.span, paths, bound.spans)
 
     def _unknown_layer(self, name: str) -> str:
-        key = name.lower()
-        if key in KNOWN_AS:
-            return f"unknown layer '{name}'; archdsl calls it '{KNOWN_AS[key]}'"
+        key = name.lower().replace("_", "")
+        if name in STATEMENTS:
+            return (f"'{name}' starts a statement, which stands at the top level of a spec; in a block body, "
+                    f"default statements come first, before the layers")
+        if key in KNOWN_AS or key in REGISTRY:
+            return f"unknown layer '{name}'; archdsl calls it '{KNOWN_AS.get(key, key)}'"
         if key in LACKS:
             return f"unknown layer '{name}': {LACKS[key]}"
         hint = did_you_mean(name, list(REGISTRY) + list(self.blocks)) or " (`archdsl layers` lists them)"

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .errors import ArchError, ShapeError, Span, combine
-from .plan import MAX_LAYERS, BlockStep, LayerStep, PathStep, Plan, Step
+from .plan import MAX_LAYERS, TOO_DEEP, BlockStep, LayerStep, PathStep, Plan, Step
 from .registry import ShapeProblem
 from .summary import Row, Summary
 from .values import show_shape
@@ -25,7 +25,7 @@ def trace_plan(plan: Plan, batch: int = 1) -> tuple[nn.Sequential, Summary]:
     traced up to it in `error.summary`.
     """
     if plan.input_shape is None:
-        raise ArchError("the spec has no input shape; add a line such as `input 1x28x28`, or pass --input",
+        raise ArchError("the spec has no input shape; add a line such as `input 1x28x28`, or pass --input (input_shape= in Python)",
                         where=plan.source.name)
     if batch < 1:
         raise ArchError(f"batch size must be positive, not {batch}", where=plan.source.name)
@@ -34,6 +34,8 @@ def trace_plan(plan: Plan, batch: int = 1) -> tuple[nn.Sequential, Summary]:
     x = torch.empty(input_shape, device="meta")  # (B, C, H, W) for images
     try:
         modules, _ = _trace(plan.steps, x, "", 0, rows, ())
+    except RecursionError:
+        raise ArchError(TOO_DEEP, where=plan.source.name) from None
     except ShapeError as e:
         e.summary = Summary(plan.source.name, input_shape, tuple(r for r in rows if r is not None), complete=False)
         raise

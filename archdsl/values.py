@@ -134,9 +134,9 @@ def evaluate(expr: S.Expr, env: Mapping[str, Any], words: tuple[str, ...] = ()) 
         if expr.id in words:
             return expr.id
         known = sorted(k for k in env if k != INPUT)
-        hint = did_you_mean(expr.id, known + list(words))
-        if not hint and words:
-            hint = f" (this argument takes {', '.join(words)}, or a value)"
+        hint = did_you_mean(expr.id, known + list(BUILTIN_NAMES) + list(words))
+        if not hint and 0 < len(words) <= 10:  # a closed set of words: say which
+            hint = f" (the words this argument takes: {', '.join(words)})"
         elif not hint:
             hint = f" (known: {', '.join(known)})" if known else " (no params are declared)"
         raise ArchError(f"unknown name '{expr.id}'{hint}", expr.span)
@@ -200,7 +200,7 @@ def _input_size(expr: S.InputRef, env: Mapping[str, Any]) -> Fraction:
     shape = env.get(INPUT)
     if shape is None:
         raise ArchError(f"input.{expr.attr} needs the input shape, and the spec has none; add a line such as "
-                        f"`input 1x28x28`, or pass --input", expr.span)
+                        f"`input 1x28x28`, or pass --input (input_shape= in Python)", expr.span)
     axis, rank = INPUT_ATTRS[expr.attr]
     if len(shape) < rank:
         raise ArchError(f"input.{expr.attr} needs an input of at least {rank} axes without the batch, "

@@ -158,3 +158,12 @@ def test_shapes_start_up_stays_light():
     if base == "True":
         pytest.skip("this torch imports torch._dynamo by itself")
     assert (dynamo, torchvision) == ("False", "False")
+
+
+def test_json_reports_mistakes_found_before_tracing_too():
+    r = run("shapes", "input 8; conw relu6(2)", "--format", "json")
+    assert r.exit_code == 2
+    data = json.loads(r.stdout)
+    assert data["complete"] is False and data["layers"] == []
+    assert [(e["line"], e["column"]) for e in data["errors"]] == [(1, 10), (1, 21)]
+    assert data["error"]["message"] == "unknown layer 'conw'; did you mean 'conv'?"

@@ -80,9 +80,9 @@ CASES = [
     # the constructs of today's networks, each used wrongly
     ("input 1x8x8\nrelu6(2)", 2, 7, 1, "relu6 takes no arguments"),
     ("input 1x8x8\nleakyrelu(-1)", 2, 11, 2, "leakyrelu slope must be >= 0, not -1"),
-    ("input 1x8x8\ngelu(approximate=fast)", 2, 18, 4, "unknown name 'fast' (this argument takes none, tanh, or a value)"),
+    ("input 1x8x8\ngelu(approximate=fast)", 2, 18, 4, "unknown name 'fast' (the words this argument takes: none, tanh)"),
     ("input 3x8x8\nmul([identity], [conv(3, k1) flatten])", 2, 1, 38,
-     "mul needs paths that agree in shape up to broadcasting (each axis equal, or 1 in all but one): "
+     "mul needs paths that agree in rank and, on each axis, in size (or be 1 there): "
      "path 1 gives (1, 3, 8, 8), path 2 gives (1, 192)"),
     ("input 8x4x4\nsplit([identity], [identity], [identity])", 2, 1, 41,
      "axis 1 has 8, which does not split evenly into 3 paths"),
@@ -106,9 +106,9 @@ CASES = [
     ("input 1x8x8\ntranspose(0, 1)", 2, 11, 1, "transpose cannot use axis 0, the batch"),
     ("input 1x8x8\nflatten(0)", 2, 9, 1, "flatten cannot use axis 0, the batch"),
     ("input 1x8x8\nflatten(3, 2)", 2, 9, 1, "flatten start 3 comes after end 2"),
-    ("input 1x8x8\nreshape(5, 5)", 2, 9, 4, "has 64 values per example, but shape (5, 5) holds 25"),
+    ("input 1x8x8\nreshape(5, 5)", 2, 9, 4, "(1, 1, 8, 8) has 64 values per example, but shape (5, 5) holds 25"),
     ("input 1x8x8\nreshape(-1, -1)", 2, 9, 6, "with at most one -1"),
-    ("input 8\nunflatten(1, (3, 3))", 2, 14, 6, "sizes (3, 3) hold 9 values, but axis 1 has 8"),
+    ("input 8\nunflatten(1, (3, 3))", 2, 14, 6, "(1, 8) has 8 values on axis 1, but sizes (3, 3) holds 9"),
     ("input 1x8x8\nmean(0)", 2, 6, 1, "mean cannot use axis 0, the batch"),
     ("input 8x4x4\nchannelshuffle(3)", 2, 16, 1, "C divisible by groups=3"),
     ("input 8\ndroppath(1)", 2, 10, 1, "droppath p must be in [0, 1), not 1"),
@@ -139,6 +139,21 @@ CASES = [
     ("input 1x8x8\nfor", 2, 1, 3, "there are no loops: repeat a path with [ ... ] * n"),
     ("input 1x8x8\nx = 3", 2, 3, 1, "there are no assignments: declare a value with param NAME = value"),
     ("input 1x8x8\nnn.Conv2d(1, 4, 3)", 2, 3, 1, "names have no dots"),
+    ("input 8\nadaptive_avg_pool2d", 2, 1, 19, "archdsl calls it 'adaptiveavgpool'"),
+    ("input 8\nLeaky_ReLU", 2, 1, 10, "archdsl calls it 'leakyrelu'"),
+    ("input 8\ndropout2d", 2, 1, 9, "there is no channel dropout yet"),
+    ("input 8\nlinear(False)", 2, 8, 5, "unknown name 'False'; did you mean 'false'?"),
+    ("input 8\nblock b { relu default conv(bias=false) }\nb", 2, 16, 7,
+     "'default' starts a statement, which stands at the top level of a spec"),
+    # found by trying the new constructs as a new user would
+    ("input 8x4x4\nmean(1, 2, 3) linear(3)", 2, 15, 9, "linear needs (features,) or (sequence, features), but it gets "
+                                                     "(1): only the batch axis is left"),
+    ("input 8x4x4\nmul([mean(1)], [identity])", 2, 1, 26, "mul needs paths that agree in rank"),
+    ("input 8x4x4\nmean(3, -1)", 2, 6, 5, "mean(3, -1) names an axis twice"),
+    ("input 3x8x8\n[relu] * 2 as input", 2, 1, 19, "'input' already means something"),
+    ("param true = 3\ninput 8\nrelu", 1, 7, 4, "'true' already means something"),
+    ("input 3x32x32\nconv(3, 64, 3)", 2, 1, 14, "is this torch's Conv2d(in, out, kernel)? Write conv(out, kernel)"),
+    ("input 8\n[relu] * 100000000 as i", 2, 10, 9, "a repeat of 100,000,000 is more than the 100,000 layers"),
 ]
 
 
@@ -276,6 +291,19 @@ def test_no_did_you_mean_for_a_different_thing(name):
 
 
 @pytest.mark.parametrize("typo, meant", [("rleu", "relu"), ("conw", "conv"), ("batchnrom", "batchnorm"),
-                                         ("Relu", "relu"), ("layrnorm", "layernorm")])
+                                         ("layrnorm", "layernorm")])
 def test_did_you_mean_for_a_typo(typo, meant):
     assert f"did you mean '{meant}'?" in error_of(f"input 8\n{typo}").message
+
+
+def test_a_repeat_with_an_index_is_bounded_at_once_even_when_empty():
+    import time
+    start = time.perf_counter()
+    e = error_of("input 8\n[if false [relu]] * 100000000 as i\nrelu")
+    assert "more than the 100,000 layers" in e.message and time.perf_counter() - start < 2
+
+
+def test_deep_nesting_of_blocks_is_an_error_not_a_traceback():
+    text = "input 8\n" + "".join(f"block b{i} {{ add([b{i + 1}], [identity]) }}\n" for i in range(600))
+    e = error_of(text + "block b600 { relu }\nb0\n")
+    assert "too deeply" in e.message

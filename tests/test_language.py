@@ -117,6 +117,8 @@ def test_groupnorm_and_instancenorm():
     ("flatten(2)", (3, 4, 5), lambda x: x.flatten(2)),
     ("flatten(1, 2)", (3, 4, 5), lambda x: x.flatten(1, 2)),
     ("unflatten(1, (4, 15))", (60,), lambda x: x.unflatten(1, (4, 15))),
+    ("unflatten(1, (4, -1))", (60,), lambda x: x.unflatten(1, (4, 15))),
+    ("unflatten(-1, 5)", (3, 5), lambda x: x),
     ("reshape(5, -1)", (3, 4, 5), lambda x: x.reshape(x.shape[0], 5, 12)),
     ("mean(2, 3)", (3, 4, 5), lambda x: x.mean((2, 3))),
     ("mean(1, keepdim=true)", (3, 4), lambda x: x.mean(1, keepdim=True)),
