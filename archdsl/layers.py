@@ -355,18 +355,22 @@ def _worked_out(sizes: tuple[int, ...], x: Shape, axes: slice, where: str, arg: 
     return sizes
 
 
-def _unflatten_shape(x: Shape, a: Args) -> Shape:
+def _unflatten_sizes(x: Shape, a: Args) -> tuple[int, tuple[int, ...]]:
+    """The axis unflatten splits, and the sizes it splits it into (a -1 worked out)."""
     dim = _axis(a.dim, x, "unflatten")
     sizes = a.sizes if isinstance(a.sizes, tuple) else (a.sizes,)
-    return (*x[:dim], *_worked_out(sizes, x, slice(dim, dim + 1), f"on axis {dim}", "sizes"), *x[dim + 1:])
+    return dim, _worked_out(sizes, x, slice(dim, dim + 1), f"on axis {dim}", "sizes")
+
+
+def _unflatten_shape(x: Shape, a: Args) -> Shape:
+    dim, sizes = _unflatten_sizes(x, a)
+    return (*x[:dim], *sizes, *x[dim + 1:])
 
 
 @layer("unflatten", Arg("dim", ANY_INT), Arg("sizes", Sizes(-1)), out_shape=_unflatten_shape)
 def unflatten(x: Shape, a: Args) -> nn.Module:
     """Split axis dim into sizes (nn.Unflatten): `unflatten(1, (16, 49))` takes (784,) to (16, 49); one may be -1."""
-    shape = _unflatten_shape(x, a)
-    dim = a.dim % len(x)
-    return nn.Unflatten(a.dim, shape[dim:len(shape) - (len(x) - dim - 1)])
+    return nn.Unflatten(*_unflatten_sizes(x, a))
 
 
 def _reshape_shape(x: Shape, a: Args) -> Shape:
@@ -396,12 +400,8 @@ def _permute_shape(x: Shape, a: Args) -> Shape:
 @layer("permute", Arg("dims", ANY_INT, many=True), out_shape=_permute_shape)
 def permute(x: Shape, a: Args) -> nn.Module:
     """Reorder the axes, torch's way with the batch as axis 0: `permute(0, 2, 3, 1)` moves channels last."""
-    return modules.Permute(_permute_dims(x, a))
-
-
-def _permute_dims(x: Shape, a: Args) -> tuple[int, ...]:
     _permute_shape(x, a)
-    return tuple(d % len(x) for d in a.dims)
+    return modules.Permute(tuple(d % len(x) for d in a.dims))
 
 
 def _transpose_shape(x: Shape, a: Args) -> Shape:

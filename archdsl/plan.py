@@ -239,8 +239,8 @@ class _Expander:
 
         self.globals = self._params(params, overrides, input_shape)
         self.log.check()  # a param that failed would make every use of it a second error
-        scope = Scope({**self.globals, INPUT: input_shape}, {})
-        scope = Scope(scope.env, self._defaults(defaults, scope))
+        env = {**self.globals, INPUT: input_shape}
+        scope = Scope(env, self._defaults(defaults, Scope(env, {})))
         self.defaults_of[src.name] = dict(scope.defaults)
         recipe = self._attempt(self._recipe, trains[0], scope.env) if trains else None
         steps = tuple(s for st in layer_stmts for s in self._items(st.items, scope))
