@@ -10,6 +10,7 @@ compiler-style report the CLI prints::
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,10 +106,10 @@ class ArchError(ValueError):
 
     def _render_one(self) -> str:
         head = f"{self.where}: {self.kind}: {self.message}" if self.where else f"{self.kind}: {self.message}"
-        out = [head]
+        out = [printable(head)]
         if self.span is not None:
             out += _excerpt(self.span)
-        out += [f"  note: {n}" for n in self.notes]
+        out += [printable(f"  note: {n}") for n in self.notes]
         return "\n".join(out)
 
 
@@ -159,12 +160,43 @@ class ShapeError(ArchError):
         self.summary = summary
 
 
+EXCERPT_WIDTH = 100  # characters of a long line shown around the caret
+
+
 def _excerpt(span: Span) -> list[str]:
+    """The span's line, made safe to print and clipped around the span, with carets under the span."""
     line = span.source.line_text(span.line)
     if not line:
         return []
-    end = span.end_column if span.end_line == span.line else len(line) + 1
-    width = max(1, end - span.column)
+    start = span.column - 1
+    end = span.end_column - 1 if span.end_line == span.line else len(line)
+    lo, hi = 0, len(line)
+    if len(line) > EXCERPT_WIDTH:  # a window around the span's start
+        lo = max(0, min(start - EXCERPT_WIDTH // 3, len(line) - EXCERPT_WIDTH))
+        hi = lo + EXCERPT_WIDTH
+    shown = "".join(visible(c) for c in line[lo:hi])
+    pad = "".join(c if c == "\t" else " " * _width(c) for c in line[lo:max(lo, start)])  # tabs keep alignment
+    width = max(1, sum(_width(c) for c in line[max(lo, start):min(hi, end)]))
     gutter = f"{span.line:>5} | "
-    pad = "".join(c if c == "\t" else " " for c in line[: span.column - 1])  # keep tabs aligned
-    return [gutter + line.rstrip(), " " * (len(gutter) - 2) + "| " + pad + "^" * width]
+    more, less = ("…" if lo else ""), ("…" if hi < len(line) else "")
+    return [gutter + more + shown.rstrip() + less, " " * (len(gutter) - 2) + "| " + " " * len(more) + pad + "^" * width]
+
+
+def visible(c: str) -> str:
+    """A character as it can be shown on a terminal: control and format characters as escapes."""
+    if c == "\t" or unicodedata.category(c) not in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"):
+        return c
+    return repr(c)[1:-1] if c.isascii() or ord(c) < 0x100 else f"\\u{ord(c):04x}"
+
+
+def printable(text: str) -> str:
+    """Text safe to print: line breaks kept, every other control character escaped."""
+    return "\n".join("".join(visible(c) for c in line) for line in text.split("\n"))
+
+
+def _width(c: str) -> int:
+    """Columns a character takes on a terminal: 2 for wide ones (CJK), its escape's length for control ones."""
+    shown = visible(c)
+    if shown != c:
+        return len(shown)
+    return 2 if unicodedata.east_asian_width(c) in ("W", "F") else 1

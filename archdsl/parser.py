@@ -5,19 +5,30 @@ from __future__ import annotations
 import functools
 import os
 import re
+import stat
 from fractions import Fraction
 from pathlib import Path as FsPath
 from typing import Iterator
 
-from lark import Lark, Token, Transformer, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
+from lark import Lark, Token, Tree, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark.visitors import Transformer_NonRecursive
 
 from . import syntax as S
 from .errors import ArchError, ErrorLog, Source, Span, SpecSyntaxError
+from .limits import LIMITS, limit, raise_hint, too_large
+from .values import clip, did_you_mean
 
 
 _OPEN = {"LPAR", "LSQB", "LBRACE"}
 _CLOSE = {"RPAR", "RSQB", "RBRACE"}
+
+
+class _TooDeep(Exception):
+    """Brackets opened past the nesting limit, at this token."""
+
+    def __init__(self, tok: Token) -> None:
+        self.tok = tok
 
 
 class _JoinLines:
@@ -26,10 +37,12 @@ class _JoinLines:
     always_accept = ("_NL",)
 
     def process(self, stream: Iterator[Token]) -> Iterator[Token]:
-        depth = 0
+        depth, most = 0, limit("nesting")
         for tok in stream:
             if tok.type in _OPEN:
                 depth += 1
+                if depth > most:  # refused before the parser builds a tree that deep
+                    raise _TooDeep(tok)
             elif tok.type in _CLOSE:
                 depth = max(0, depth - 1)
             elif tok.type == "_NL" and depth:
@@ -48,27 +61,82 @@ def _lark() -> Lark:
 def source_of(spec: str | os.PathLike[str]) -> Source:
     """Read a spec file, or wrap spec text given directly.
 
-    A path object, or a one-word string that names a file or a directory or ends in
-    `.arch`, is a file; any other string is spec text.
+    A path object, or a one-word string that looks like a path (it names something that
+    exists, holds a '/', or ends in an extension such as `.arch`), is a file; any other
+    string is spec text.
     """
-    if isinstance(spec, os.PathLike) or (
-        isinstance(spec, str) and spec.strip() and not any(c in spec for c in " \t\n;()[]{}")
-        and (spec.endswith(".arch") or os.path.exists(spec))
-    ):
-        path = FsPath(spec)
-        try:
-            return Source(str(spec), path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ArchError("no such spec file", where=str(spec)) from None
-        except IsADirectoryError:
-            raise ArchError("is a directory, not a spec file", where=str(spec)) from None
-        except UnicodeDecodeError as e:
-            raise ArchError(f"not UTF-8 text (byte {e.start})", where=str(spec)) from None
-        except OSError as e:
-            raise ArchError(f"cannot read: {e.strerror}", where=str(spec)) from None
+    if isinstance(spec, os.PathLike) or (isinstance(spec, str) and _looks_like_path(spec)):
+        return Source(str(spec), read_spec(FsPath(spec), str(spec)))
     if not isinstance(spec, str):
         raise TypeError(f"a spec is a path or spec text, not {type(spec).__name__}")
-    return Source("<string>", spec)
+    return Source("<string>", spec.removeprefix(_BOM))
+
+
+_BOM = "\ufeff"  # what Windows editors put before UTF-8 text
+
+
+def _looks_like_path(text: str) -> bool:
+    if not text.strip() or any(c.isspace() or c in ";()[]{}=," for c in text):
+        return False
+    try:
+        exists = os.path.lexists(text)
+    except (ValueError, OSError):  # a NUL byte, a name too long: not a file that exists
+        exists = False
+    return exists or "/" in text or os.sep in text or re.search(r"\.[A-Za-z]\w*$", text) is not None
+
+
+def read_spec(path: FsPath, name: str, span: Span | None = None) -> str:
+    """The text of a spec file or an included one: a regular file, UTF-8, of bounded size.
+
+    A pipe or device is refused rather than read (it may never end); a leading
+    byte-order mark is dropped. Errors are located at `span` (an include) or name the file.
+    """
+    where = None if span is not None else name
+    subject, about = (f"{name} ", f" {name}") if span is not None else ("", "")  # an include names its file
+    most = limit("spec_chars")
+    try:
+        mode = path.stat().st_mode
+        if stat.S_ISREG(mode):
+            with open(path, "rb") as f:
+                data = f.read(4 * most + 4)  # UTF-8 takes at most 4 bytes a character
+    except FileNotFoundError:
+        raise ArchError(f"no such spec file{about}{_nearby(path)}", span, where=where) from None
+    except (OSError, ValueError, RuntimeError) as e:  # unreadable, a NUL in the name, a symlink loop
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise ArchError(f"cannot read{about}: {reason}", span, where=where) from None
+    if stat.S_ISDIR(mode):
+        raise ArchError(f"{subject}is a directory, not a spec file", span, where=where)
+    if not stat.S_ISREG(mode):
+        raise ArchError(f"{subject}is not a regular file (a pipe, socket or device); archdsl reads spec files",
+                        span, where=where)
+    if len(data) > 4 * most:
+        raise _too_long(name, span)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ArchError(f"{subject}is not UTF-8 text (byte {e.start})", span, where=where) from None
+    return check_size(text.removeprefix(_BOM), name, span)
+
+
+def _nearby(path: FsPath) -> str:
+    """`; did you mean 'mlp.arch'?` for a mistyped file name beside it."""
+    try:
+        names = [p.name for p in path.parent.iterdir() if p.suffix == ".arch"][:1000]
+    except (OSError, ValueError):
+        return ""
+    return did_you_mean(path.name, names)
+
+
+def check_size(text: str, name: str, span: Span | None = None) -> str:
+    """Refuse spec text longer than the limit before parsing it: parsing takes time in proportion."""
+    if len(text) > limit("spec_chars"):
+        raise _too_long(name, span)
+    return text
+
+
+def _too_long(name: str, span: Span | None) -> ArchError:
+    return ArchError(f"{'the spec' if span is None else name} is longer than {limit('spec_chars'):,} characters, "
+                     f"the most archdsl reads{raise_hint('spec_chars')}", span, where=None if span else name)
 
 
 def parse(spec: str | os.PathLike[str]) -> S.Spec:
@@ -84,7 +152,8 @@ def parse_source(source: Source) -> S.Spec:
     at the next statement.
     """
     log = ErrorLog()
-    text = source.text
+    text = check_size(source.text, source.name)
+    budget = _RECOVERY_BUDGET  # characters parsed again after errors, so many errors in a long spec stay quick
     while True:
         try:
             tree = _lark().parse(text)
@@ -94,25 +163,46 @@ def parse_source(source: Source) -> S.Spec:
             at_end = isinstance(e, UnexpectedEOF) or (isinstance(e, UnexpectedToken) and e.token.type == "$END")
             start, end = _statement_around(text, error.span.start)
             blanked = text[:start] + "".join(c if c == "\n" else " " for c in text[start:end]) + text[end:]
-            if at_end or blanked == text:
+            budget -= len(text)
+            if at_end or blanked == text or budget < 0:
                 break
             text = blanked
             continue
-        except RecursionError:
-            log.record(SpecSyntaxError("the spec nests brackets too deeply", where=source.name))
+        except _TooDeep as e:
+            log.record(SpecSyntaxError(_TOO_DEEP, _point(source, e.tok.start_pos, 1)))
             break
         log.check()
+        _check_nesting(tree, source)
         transformer = _ToSyntax(source)
-        try:
-            spec = transformer.transform(tree)
-        except (RecursionError, VisitError) as e:  # lark wraps a RecursionError in a method in VisitError
-            if isinstance(e, VisitError) and not isinstance(e.orig_exc, RecursionError):
-                raise
-            raise SpecSyntaxError("the spec nests brackets too deeply", where=source.name) from None
+        spec = transformer.transform(tree)
         transformer.log.check()
         return spec
     log.check()
     raise AssertionError("unreachable: the loop ends with an error")  # pragma: no cover
+
+
+_RECOVERY_BUDGET = 200_000
+
+# Rules that nest: a bracket (arguments, a path, a repeat, a choice, a tuple, a function's
+# arguments, a block's body) or an operator. What follows the parse recurses once per level.
+_NESTS = {"arg_list", "path_arg", "group", "choice", "tuple", "function", "block_def",
+          "add", "sub", "mul", "div", "floordiv", "neg", "not_", "and_", "or_", "compare"}
+
+
+_TOO_DEEP = (f"this nests more than {LIMITS['nesting'].value} levels deep (brackets and operators within one "
+             f"another); give a part of it a name, as a block or a param")
+
+
+def _check_nesting(tree: Tree, source: Source) -> None:
+    """Refuse a spec nested deeper than the limit, at the first place it goes too deep."""
+    most = limit("nesting")
+    stack = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        depth += node.data in _NESTS
+        if depth > most:
+            raise SpecSyntaxError(_TOO_DEEP, _span(source, node.meta))
+        stack += [(c, depth) for c in reversed(node.children) if isinstance(c, Tree)]
 
 
 def _statement_around(text: str, pos: int) -> tuple[int, int]:
@@ -152,7 +242,7 @@ def _span(source: Source, m) -> Span:
 
 
 @v_args(meta=True, inline=True)
-class _ToSyntax(Transformer):
+class _ToSyntax(Transformer_NonRecursive):
     """One thin method per grammar rule. A value too large to be meant is logged, not raised,
     so that every such mistake of a spec is reported at once."""
 
@@ -168,9 +258,11 @@ class _ToSyntax(Transformer):
         return S.Spec(tuple(statements), self.src)
 
     def input_stmt(self, meta, shape):
-        if any(len(d) > 9 for d in shape.split("x")):
-            self.log.record(SpecSyntaxError(f"input {shape} is too large to be meant", self.sp(meta)))
-        return S.InputStmt(tuple(int(d[:9]) for d in shape.split("x")), self.sp(meta))
+        if any(too_large(d) for d in shape.split("x")):
+            self.log.record(SpecSyntaxError(f"input {clip(shape, 40)}: a size above {limit('size'):,} is too large "
+                                            f"to be meant", self.sp(meta)))
+            return S.InputStmt((1,), self.sp(meta))
+        return S.InputStmt(tuple(int(d) for d in shape.split("x")), self.sp(meta))
 
     def include_stmt(self, meta, target):
         quoted = target.type == "STRING"
@@ -224,9 +316,10 @@ class _ToSyntax(Transformer):
 
     def tag(self, meta, tok):
         sizes = tok[1:].split("x")
-        if any(len(d) > 9 for d in sizes):
-            self.log.record(SpecSyntaxError(f"tag {tok} is too large to be meant", self.sp(meta)))
-        value = tuple(int(d[:9]) for d in sizes)
+        if any(too_large(d) for d in sizes):
+            self.log.record(SpecSyntaxError(f"tag {clip(tok, 40)} is too large to be meant", self.sp(meta)))
+            sizes = ["1"] * len(sizes)
+        value = tuple(int(d) for d in sizes)
         return S.Tag(tok[0], value[0] if len(value) == 1 else value, self.sp(meta))
 
     def path_arg(self, meta, path):
@@ -235,7 +328,7 @@ class _ToSyntax(Transformer):
     def number(self, meta, tok):
         mantissa, _, exponent = str(tok).lower().partition("e")
         if len(mantissa) > 30 or (exponent and (len(exponent) > 4 or abs(int(exponent)) > 30)):
-            self.log.record(SpecSyntaxError(f"number {tok} is too large to be meant", self.sp(meta)))
+            self.log.record(SpecSyntaxError(f"number {clip(tok, 40)} is too large to be meant", self.sp(meta)))
             return S.Number(Fraction(1), self.sp(meta))
         return S.Number(Fraction(str(tok)), self.sp(meta))
 

@@ -9,6 +9,7 @@ MAX_ERRORS), each at its place in the spec.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
@@ -19,13 +20,12 @@ from typing import Any, Callable, Iterator, Mapping, Union
 from . import layers as _layers  # noqa: F401  (registers the built-in layers)
 from . import syntax as S
 from .errors import ArchError, ErrorLog, Source, Span, first_at
-from .parser import parse_source
+from .limits import limit, raise_hint
+from .parser import parse_source, read_spec
 from .registry import REGISTRY, REQUIRED, Arg, Bound, CallArg, LayerDef, bind, check_layer_args
-from .values import INPUT, TAG_WORDS, Bool, Int, Real, Value, did_you_mean, evaluate, from_python
+from .values import INPUT, TAG_WORDS, Bool, Int, Real, Value, clip, did_you_mean, evaluate, from_python
 
 STDLIB = Path(__file__).resolve().parent / "stdlib"  # blocks any spec can `include` by name
-
-MAX_LAYERS = 100_000  # a spec that unrolls to more is almost surely a typo in a repeat count
 
 DATASETS = ("fashion-mnist", "mnist", "cifar10", "synthetic")
 
@@ -66,7 +66,7 @@ LACKS = {
 
 
 class TooLarge(ArchError):
-    """The spec unrolls to more layers than MAX_LAYERS: the expansion stops at once, not at the next item."""
+    """The spec passes a limit of archdsl.limits while unrolling: the expansion stops at once, not at the next item."""
 
 
 TOO_DEEP = "the spec nests blocks, joins or expressions too deeply to unroll (Python's recursion limit)"
@@ -200,7 +200,9 @@ class _Expander:
         self.defaults_of: dict[str, dict[str, Bound]] = {}  # file name -> its top-level `default`s
         self.stack: list[str] = []  # blocks being expanded, to catch recursion
         self.calls: list[str] = []  # notes naming the block calls that led to the current item
-        self.count = 0
+        self.count = 0  # layers unrolled
+        self.work = 0  # items expanded, layers or not
+        self.depth = 0  # blocks, joins, repeats and choices being expanded within one another
         self.reads_input: dict[str, bool] = {}
         self.acyclic: set[str] = set()  # blocks whose calls were followed and never lead back to them
         self.globals: dict[str, Value] = {}
@@ -289,12 +291,15 @@ class _Expander:
             return  # included twice along different routes: once is enough
         self.included.add(path)
         name = f"stdlib/{path.name}" if path.parent == STDLIB else _display(path)
+        text = read_spec(path, name, st.span)
         try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise ArchError(f"cannot read {name}: {e}", st.span) from None
+            tree = _parse_included(name, text)
+        except ArchError as e:  # its mistakes are in the included file: say which spec brought it in
+            for one in e.errors:
+                one.notes += (f"in {name}, included at {st.span.where}",)
+            raise
         defaults = []
-        for inner in _parse_included(name, text).statements:
+        for inner in tree.statements:
             if isinstance(inner, S.IncludeStmt):
                 self._attempt(self._include, inner, chain + (path,))
             elif isinstance(inner, S.BlockDef):
@@ -317,15 +322,19 @@ class _Expander:
             raise ArchError(f"no block library '{st.target}'{did_you_mean(st.target, library)} (the standard "
                             f"library has {', '.join(library)}; include your own file by its quoted path: "
                             f'include "blocks.arch")', st.span)
+        if not st.target.endswith(".arch"):
+            raise ArchError(f"include takes a spec file ending in .arch, not {clip(st.target, 60)!r}", st.span)
         source = st.span.source.name
-        if source.startswith("stdlib/"):
-            base = STDLIB
-        elif source == "<string>":
-            base = Path.cwd()
-        else:
-            base = Path(source).resolve().parent
-        path = (base / st.target).resolve()
-        if not path.is_file():
+        base = STDLIB if source.startswith("stdlib/") else Path.cwd()
+        try:
+            if not source.startswith("stdlib/") and source != "<string>":
+                base = Path(source).resolve().parent
+            path = (base / st.target).resolve()
+            found = path.exists()
+        except (OSError, ValueError, RuntimeError) as e:  # a NUL in the name, a symlink loop
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise ArchError(f"cannot include {clip(st.target, 60)!r}: {reason}", st.span) from None
+        if not found:
             raise ArchError(f"cannot find {_display(path)} to include", st.span)
         return path
 
@@ -340,13 +349,19 @@ class _Expander:
                 raise ArchError(f"no param '{name}' in this spec{did_you_mean(name, declared)}{have}",
                                 where=self.spec.source.name)
         env: dict[str, Value] = {}
+        failed: set[str] = set()  # params whose value is a mistake: those computed from them are not reported again
         for p in stmts:  # in order: a default may use the params above it
             if p.name in overrides:
                 env[p.name] = from_python(p.name, overrides[p.name])
             elif p.default is not None:
+                if any(isinstance(n, S.Name) and n.id in failed for n in _exprs(p.default)):
+                    failed.add(p.name)
+                    continue
                 value = self._attempt(evaluate, p.default, {**env, INPUT: input_shape})
                 if value is not None:
                     env[p.name] = value
+                else:
+                    failed.add(p.name)
             else:
                 self.log.record(ArchError(f"param '{p.name}' has no default; set it with --set {p.name}=VALUE "
                                           f"(or {p.name}=VALUE in Python)", p.span))
@@ -413,6 +428,26 @@ class _Expander:
         return out
 
     def _item(self, item: S.Item, scope: Scope) -> list[Step]:
+        self.work += 1
+        if self.work > limit("expansions"):
+            raise TooLarge(f"the spec takes more than {limit('expansions'):,} steps to unroll; check the repeat counts",
+                           item.span)
+        with self._deeper(item.span):
+            return self._expand_item(item, scope)
+
+    @contextlib.contextmanager
+    def _deeper(self, span: Span) -> Iterator[None]:
+        """One level deeper into blocks, joins, repeats and choices: what follows recurses once per level."""
+        if self.depth >= limit("depth"):
+            raise TooLarge(f"blocks, joins and repeats nest more than {limit('depth')} levels deep here", span,
+                           notes=tuple(reversed(self.calls[-3:])))
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+
+    def _expand_item(self, item: S.Item, scope: Scope) -> list[Step]:
         if isinstance(item, S.Group):
             return self._group(item, scope)
         if isinstance(item, S.Choice):
@@ -431,9 +466,9 @@ class _Expander:
             self._grow(_size(tuple(body)) * (n - 1), group.span)
             return body * n
         self._reserved(group.index, group.span)
-        if n > MAX_LAYERS:  # even an empty body would take that many expansions
-            raise TooLarge(f"a repeat of {n:,} is more than the {MAX_LAYERS:,} layers a spec may unroll to",
-                           group.count.span)
+        if n > limit("layers"):  # even an empty body would take that many expansions
+            raise TooLarge(f"a repeat of {n:,} is more than the {limit('layers'):,} layers a spec may unroll to"
+                           f"{raise_hint('layers')}", group.count.span)
         out: list[Step] = []
         for i in range(n):  # the body sees its index: expand it once per index
             out += self._items(group.path.items, scope.let(**{group.index: Fraction(i)}))
@@ -446,8 +481,9 @@ class _Expander:
 
     def _grow(self, n: int, span: Span) -> None:
         self.count += n
-        if self.count > MAX_LAYERS:
-            raise TooLarge(f"the spec unrolls to more than {MAX_LAYERS:,} layers; check the repeat counts", span)
+        if self.count > limit("layers"):
+            raise TooLarge(f"the spec unrolls to more than {limit('layers'):,} layers; check the repeat counts"
+                           f"{raise_hint('layers')}", span)
 
     @staticmethod
     def _call_args(args: tuple[S.Arg, ...]) -> list[CallArg]:
@@ -544,13 +580,17 @@ class _Expander:
         if not self._reads_input(bdef):
             return BlockStep(call.name, call.span, body(None))
 
+        depth = self.depth
+
         def later(shape: tuple[int, ...]) -> tuple[Step, ...]:
-            # Each expansion is bounded on its own; the tracer bounds the layers of the whole model.
-            count = self.count
+            # Each expansion is bounded on its own, from the depth of its call; the tracer bounds the
+            # layers of the whole model.
+            saved = self.count, self.work, self.depth
+            self.count, self.work, self.depth = 0, 0, depth
             try:
                 steps = body(shape)
             finally:
-                self.count = count
+                self.count, self.work, self.depth = saved
             self.log.check()
             return steps
 

@@ -8,11 +8,14 @@ initialisation, drawing random numbers in the same order as a hand-written model
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from .errors import ArchError, ShapeError, Span, combine
-from .plan import MAX_LAYERS, TOO_DEEP, BlockStep, LayerStep, PathStep, Plan, Step
+from .limits import limit, raise_hint
+from .plan import TOO_DEEP, BlockStep, LayerStep, PathStep, Plan, Step
 from .registry import ShapeProblem
 from .summary import Row, Summary
 from .values import show_shape
@@ -27,9 +30,12 @@ def trace_plan(plan: Plan, batch: int = 1) -> tuple[nn.Sequential, Summary]:
     if plan.input_shape is None:
         raise ArchError("the spec has no input shape; add a line such as `input 1x28x28`, or pass --input (input_shape= in Python)",
                         where=plan.source.name)
-    if batch < 1:
-        raise ArchError(f"batch size must be positive, not {batch}", where=plan.source.name)
+    if not 1 <= batch <= limit("size"):
+        raise ArchError(f"batch size must be from 1 to {limit('size'):,}, not {batch}", where=plan.source.name)
     input_shape = (batch, *plan.input_shape)
+    if math.prod(input_shape) >= _MOST_ELEMENTS:
+        raise ArchError(f"an input of shape {show_shape(input_shape)} holds {math.prod(input_shape):.3g} numbers, "
+                        f"more than a tensor can (2^61)", where=plan.source.name)
     rows: list[Row | None] = []
     x = torch.empty(input_shape, device="meta")  # (B, C, H, W) for images
     try:
@@ -42,14 +48,17 @@ def trace_plan(plan: Plan, batch: int = 1) -> tuple[nn.Sequential, Summary]:
     return nn.Sequential(*modules), Summary(plan.source.name, input_shape, tuple(rows))
 
 
+_MOST_ELEMENTS = 2 ** 61  # torch counts a tensor's bytes in 63 bits, up to 4 bytes an element here
+
+
 def _trace(steps: tuple[Step, ...], x: torch.Tensor, prefix: str, depth: int, rows: list[Row | None],
            callers: tuple[BlockStep, ...]) -> tuple[list[nn.Module], torch.Tensor]:
     modules: list[nn.Module] = []
     for i, step in enumerate(steps):
         name = f"{prefix}{i}"
-        if len(rows) >= MAX_LAYERS:
-            raise ShapeError(f"the model unrolls to more than {MAX_LAYERS:,} layers; check the repeat counts",
-                             step.span, notes=_notes(callers))
+        if len(rows) >= limit("layers"):
+            raise ShapeError(f"the model unrolls to more than {limit('layers'):,} layers; check the repeat counts"
+                             f"{raise_hint('layers')}", step.span, notes=_notes(callers))
         if isinstance(step, BlockStep):
             at = len(rows)
             rows.append(None)  # the block's row comes before its layers; filled in once traced

@@ -10,12 +10,14 @@ from __future__ import annotations
 import difflib
 import math
 import operator
+import re
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Callable, Mapping, Union
 
 from . import syntax as S
 from .errors import ArchError, Span
+from .limits import limit, too_large
 
 Value = Union[Fraction, bool, str, tuple]
 
@@ -29,6 +31,10 @@ INPUT = "input"  # the scope's key for the shape of the block's input (a keyword
 
 _COMPARE = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt,
             ">=": operator.ge}
+
+
+_ARITHMETIC = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv,
+               "//": lambda a, b: Fraction(a // b)}
 
 
 def show_shape(shape: tuple[int, ...]) -> str:
@@ -164,15 +170,9 @@ def evaluate(expr: S.Expr, env: Mapping[str, Any], words: tuple[str, ...] = ()) 
         return _COMPARE[expr.op](a, b)
     left = _number(evaluate(expr.left, env), expr.left.span)
     right = _number(evaluate(expr.right, env), expr.right.span)
-    if expr.op == "+":
-        return left + right
-    if expr.op == "-":
-        return left - right
-    if expr.op == "*":
-        return left * right
-    if right == 0:
+    if expr.op in ("/", "//") and right == 0:
         raise ArchError("division by zero", expr.span)
-    return left / right if expr.op == "/" else Fraction(left // right)
+    return check_digits(_ARITHMETIC[expr.op](left, right), f"the value of {clip(expr.span.oneline, 40)}", expr.span)
 
 
 def _call(expr: S.Function, env: Mapping[str, Any]) -> Fraction:
@@ -190,7 +190,7 @@ def _call(expr: S.Function, env: Mapping[str, Any]) -> Fraction:
     args = [_number(evaluate(a, env), a.span) for a in expr.args]
     if expr.name == "make_divisible" and any(a <= 0 for a in args[1:]):
         raise ArchError("make_divisible needs a positive divisor (and least value)", expr.span)
-    return fn(*args)
+    return check_digits(fn(*args), f"the value of {clip(expr.span.oneline, 40)}", expr.span)
 
 
 def _input_size(expr: S.InputRef, env: Mapping[str, Any]) -> Fraction:
@@ -224,32 +224,62 @@ def from_python(name: str, v: Any) -> Value:
     """A param value given from Python or `--set` (text), as an exact Value."""
     if isinstance(v, bool):
         return v
-    if isinstance(v, (int, Fraction)):
-        return Fraction(v)
-    if isinstance(v, float):
-        return Fraction(repr(v))  # 0.05 means 1/20, not the nearest binary float
+    if isinstance(v, float) and not math.isfinite(v):
+        raise ArchError(f"param {name}: {v!r} is not a finite number")
+    if isinstance(v, (int, Fraction, float)):
+        exact = Fraction(repr(v)) if isinstance(v, float) else Fraction(v)  # 0.05 means 1/20, not the nearest float
+        return check_digits(exact, f"param {name}")
     if isinstance(v, str):
         text = v.strip()
         if text in BUILTIN_NAMES:
             return BUILTIN_NAMES[text]
+        exponent = re.search(r"[eE]([-+]?[0-9]+)$", text)
+        if len(text) > limit("digits") or (exponent and abs(int(exponent.group(1))) > limit("digits")):
+            raise ArchError(f"param {name}: {clip(text, 40)} has more than {limit('digits')} digits, more than a "
+                            f"number a network needs")
         try:
-            return Fraction(text)
+            return check_digits(Fraction(text), f"param {name}")
         except (ValueError, ZeroDivisionError):
             pass
-    raise ArchError(f"param {name}: {v!r} is not a number or true/false")
+    raise ArchError(f"param {name}: {clip(repr(v), 60)} is not a number or true/false")
+
+
+def check_digits(v: Fraction, what: str, span: Span | None = None) -> Fraction:
+    """An exact number, refused once its numerator or denominator passes the digits limit.
+
+    Beyond it Python's arithmetic and printing slow without end (a param squared 22 times
+    has millions of digits); no size, rate or ratio a network needs comes near it.
+    """
+    most = limit("digits")
+    if max(v.numerator.bit_length(), v.denominator.bit_length()) > most * _BITS_PER_DIGIT:
+        raise ArchError(f"{what} has more than {most} digits, more than a number a network needs", span)
+    return v
+
+
+_BITS_PER_DIGIT = math.log2(10)
+
+
+def clip(text: str, most: int) -> str:
+    """Text for a message, cut to `most` characters with an ellipsis."""
+    return text if len(text) <= most else text[: most - 1] + "…"
 
 
 def parse_shape(text: str | tuple[int, ...] | list[int]) -> tuple[int, ...]:
     """'1x28x28' (or (1, 28, 28)) -> (1, 28, 28): an input shape without the batch."""
     if isinstance(text, str):
-        parts = text.lower().replace("×", "x").split("x")
-        if not all(p.strip().isdigit() for p in parts):
-            raise ArchError(f"input shape {text!r} is not of the form CxHxW, e.g. 1x28x28 (the batch is left out)")
+        parts = [p.strip() for p in text.lower().replace("×", "x").split("x")]
+        if not all(re.fullmatch("[0-9]+", p) for p in parts):
+            raise ArchError(f"input shape {clip(repr(text), 60)} is not of the form CxHxW, e.g. 1x28x28 "
+                            f"(the batch is left out)")
+        if any(too_large(p) for p in parts):
+            raise ArchError(f"input shape {clip(text, 60)}: a size above {limit('size'):,} is too large to be meant")
         dims = tuple(int(p) for p in parts)
     else:
         dims = tuple(int(d) for d in text)
+        if any(d > limit("size") for d in dims):
+            raise ArchError(f"input shape {text!r}: a size above {limit('size'):,} is too large to be meant")
     if not dims or any(d < 1 for d in dims):
-        raise ArchError(f"input shape {text!r} must have positive sizes, e.g. 1x28x28")
+        raise ArchError(f"input shape {clip(repr(text), 60)} must have positive sizes, e.g. 1x28x28")
     return dims
 
 

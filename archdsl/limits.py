@@ -1,0 +1,62 @@
+"""The bounds on the work a spec may ask for, so that no input hangs or exhausts memory.
+
+Each is counted on what is actually read or built, and reaching one is a located error
+that names it. Those a real network might outgrow can be raised by an environment
+variable; the others guard Python itself (its recursion, its big-number arithmetic).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from .errors import ArchError
+
+
+@dataclass(frozen=True)
+class Limit:
+    value: int
+    env: str | None  # the environment variable that raises it; None where raising it is never needed
+    why: str
+
+
+LIMITS = {
+    # lark parses ~30 KB a second here: 128 KiB is ~4 s, 30 times the largest spec in specs/
+    "spec_chars": Limit(131_072, "ARCHDSL_MAX_SPEC_CHARS", "characters in a spec file"),
+    # brackets and operators inside one another within a statement; real specs use under 10
+    "nesting": Limit(64, None, "levels of brackets and operators within one another"),
+    # blocks, joins, repeats and choices unrolled within one another; ResNets use 4
+    "depth": Limit(64, None, "blocks, joins and repeats unrolled within one another"),
+    # layers the spec unrolls to: ResNet-1202 has ~4,000; 10,000 trace in ~8 s here
+    "layers": Limit(10_000, "ARCHDSL_MAX_LAYERS", "layers"),
+    # items expanded while unrolling, counting those that give no layer (an empty repeat)
+    "expansions": Limit(200_000, None, "expansion steps"),
+    # one size of a shape (an input axis, a batch, a kernel): a billion is more than any axis holds
+    "size": Limit(999_999_999, None, "a size"),
+    # digits of an exact number (a float holds up to 309); past it, Python's arithmetic slows without end
+    "digits": Limit(300, None, "digits in a number"),
+}
+
+
+def limit(name: str) -> int:
+    """The limit in force: the environment variable's value where it is set, else the default."""
+    lim = LIMITS[name]
+    raw = os.environ.get(lim.env, "").strip() if lim.env else ""
+    if not raw:
+        return lim.value
+    if not raw.isascii() or not raw.isdigit() or int(raw) < 1:
+        raise ArchError(f"${lim.env} must be a positive whole number of {lim.why}, not {raw!r}",
+                        notes=(f"unset it to use the default, {lim.value:,}",))
+    return int(raw)
+
+
+def too_large(digits: str) -> bool:
+    """Whether a size written in digits passes the size limit (counted before converting a long run of digits)."""
+    most = limit("size")
+    return len(digits.lstrip("0")) > len(str(most)) or int(digits) > most
+
+
+def raise_hint(name: str) -> str:
+    """How to raise a limit, for the end of its message; empty where it is fixed."""
+    lim = LIMITS[name]
+    return f" (set {lim.env} to raise it)" if lim.env else ""
