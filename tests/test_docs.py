@@ -52,3 +52,12 @@ def test_every_standard_library_block_is_documented():
         assert f"`include {path.stem}`" in doc, path.name
         for name in re.findall(r"^block (\w+)", path.read_text(), re.M):
             assert f"`{name}(" in doc or f"`{name}`" in doc, (path.name, name)
+
+
+def test_the_limits_table_is_the_code_s():
+    from archdsl.limits import LIMITS
+
+    doc = (ROOT / "docs" / "language.md").read_text()
+    rows = re.findall(r"^\| [^|]+ \| ([\d,]+) \| (`\w+`)? *\|", doc, re.M)
+    assert {int(value.replace(",", "")): env.strip("`") or None for value, env in rows} == \
+        {lim.value: lim.env for lim in LIMITS.values()}
