@@ -189,6 +189,11 @@ def visible(c: str) -> str:
     return repr(c)[1:-1] if c.isascii() or ord(c) < 0x100 else f"\\u{ord(c):04x}"
 
 
+def clip(text: str, most: int) -> str:
+    """Text for a message or a table cell, cut to `most` characters with an ellipsis."""
+    return text if len(text) <= most else text[: most - 1] + "…"
+
+
 def printable(text: str) -> str:
     """Text safe to print: line breaks kept, every other control character escaped."""
     return "\n".join("".join(visible(c) for c in line) for line in text.split("\n"))

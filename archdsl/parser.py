@@ -15,9 +15,9 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from lark.visitors import Transformer_NonRecursive
 
 from . import syntax as S
-from .errors import ArchError, ErrorLog, Source, Span, SpecSyntaxError
+from .errors import ArchError, ErrorLog, Source, Span, SpecSyntaxError, clip
 from .limits import LIMITS, limit, raise_hint, too_large
-from .values import clip, did_you_mean
+from .values import did_you_mean
 
 
 _OPEN = {"LPAR", "LSQB", "LBRACE"}

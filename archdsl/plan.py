@@ -19,11 +19,11 @@ from typing import Any, Callable, Iterator, Mapping, Union
 
 from . import layers as _layers  # noqa: F401  (registers the built-in layers)
 from . import syntax as S
-from .errors import ArchError, ErrorLog, Source, Span, first_at
+from .errors import ArchError, ErrorLog, Source, Span, clip, first_at
 from .limits import limit, raise_hint
 from .parser import parse_source, read_spec
 from .registry import REGISTRY, REQUIRED, Arg, Bound, CallArg, LayerDef, bind, check_layer_args
-from .values import INPUT, TAG_WORDS, Bool, Int, Real, Value, clip, did_you_mean, evaluate, from_python
+from .values import INPUT, TAG_WORDS, Bool, Int, Real, Value, did_you_mean, evaluate, from_python
 
 STDLIB = Path(__file__).resolve().parent / "stdlib"  # blocks any spec can `include` by name
 

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from .errors import Span
+from .errors import Span, clip, printable
 from .values import show_shape
 
 
@@ -80,7 +80,7 @@ class Summary:
         """The rows as an aligned text table; `depth` hides rows nested deeper than it."""
         rows = [r for r in self.rows if depth is None or r.depth <= depth]
         head = ("#", "layer", "module", "output shape", "params", "at")
-        body = [(str(r.index), clip("  " * r.depth + r.layer), compact(r.module), show_shape(r.output_shape),
+        body = [(str(r.index), _cell("  " * r.depth + r.layer), compact(r.module), show_shape(r.output_shape),
                  f"{r.params:,}", self._at(r)) for r in rows]
         widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head))]
         right = {0, 4}  # numbers align right
@@ -115,7 +115,7 @@ class Summary:
         body = "".join(
             "<tr>" + "".join(f"<td style='text-align:{a}'>{html.escape(v)}</td>" for a, v in zip(
                 ("right", "left", "left", "left", "right", "left"),
-                (str(r.index), "\u2003" * r.depth + clip(r.layer), compact(r.module), show_shape(r.output_shape),
+                (str(r.index), "\u2003" * r.depth + _cell(r.layer), compact(r.module), show_shape(r.output_shape),
                  f"{r.params:,}", self._at(r)))) + "</tr>"
             for r in self.rows)
         foot = (f"Total params: {self.total_params:,} &middot; output {show_shape(self.output_shape)}" if self.complete
@@ -127,9 +127,9 @@ class Summary:
 LAYER_WIDTH = 64  # the table's layer column; JSON and the rows keep the whole text
 
 
-def clip(text: str, width: int = LAYER_WIDTH) -> str:
-    """A long call or path cut to the column's width: `inverted_residual(40, k5, s2, …`."""
-    return text if len(text) <= width else text[: width - 1] + "…"
+def _cell(text: str) -> str:
+    """A call or path for the layer column: safe to print, cut to its width: `inverted_residual(40, k5, s2, …`."""
+    return clip(printable(text), LAYER_WIDTH)
 
 
 _SQUARE = re.compile(r"\((\d+)(?:, \1)+\)")  # (3, 3) -> 3

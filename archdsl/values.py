@@ -16,7 +16,7 @@ from fractions import Fraction
 from typing import Any, Callable, Mapping, Union
 
 from . import syntax as S
-from .errors import ArchError, Span
+from .errors import ArchError, Span, clip
 from .limits import limit, too_large
 
 Value = Union[Fraction, bool, str, tuple]
@@ -257,11 +257,6 @@ def check_digits(v: Fraction, what: str, span: Span | None = None) -> Fraction:
 
 
 _BITS_PER_DIGIT = math.log2(10)
-
-
-def clip(text: str, most: int) -> str:
-    """Text for a message, cut to `most` characters with an ellipsis."""
-    return text if len(text) <= most else text[: most - 1] + "…"
 
 
 def parse_shape(text: str | tuple[int, ...] | list[int]) -> tuple[int, ...]:
