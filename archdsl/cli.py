@@ -8,6 +8,7 @@ commands that need it, so `archdsl --help` is instant.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from enum import Enum
 from typing import Any, Callable, List, NoReturn, Optional
@@ -67,7 +68,7 @@ def shapes(
     spec: str = typer.Argument(..., help=SPEC_HELP, show_default=False),
     input: Optional[str] = typer.Option(None, "--input", "-i", help=INPUT_HELP, show_default=False),
     set_: List[str] = typer.Option([], "--set", "-s", help=SET_HELP, show_default=False),
-    batch: int = typer.Option(1, "--batch", "-b", min=1, help="Batch size of the traced input."),
+    batch: int = typer.Option(1, "--batch", "-b", min=1, max=1_000_000, help="Batch size of the traced input."),
     format: Format = typer.Option(Format.table, "--format", "-f", help="table for people, json for programs."),
     depth: Optional[int] = typer.Option(None, "--depth", min=0,
                                         help="Show rows nested at most this deep (0: blocks collapsed)."),
@@ -187,20 +188,55 @@ def train(
         from .trainer import train as train_model
 
         reporter = RichReporter() if _stdout_is_terminal() else PlainReporter()
-        try:
-            train_model(spec, epochs=epochs, batch_size=batch_size, lr=lr, resize=resize, dataset=dataset,
-                        data_root=data_root, seed=seed, limit=limit, init=init, device=device, amp=amp,
-                        channels_last=channels_last, compile=compile, tune=tune, download=download, input_shape=input,
-                        params=parse_sets(set_), out=True if out is None else out, resume=resume,
-                        progress=reporter)
-        except Interrupted as e:
-            typer.echo(_interrupted_message(e, spec), err=True)
-            raise typer.Exit(130) from None
-        except KeyboardInterrupt:
-            typer.echo("interrupted before training started; nothing was saved", err=True)
-            raise typer.Exit(130) from None
+        with _StopSignals() as stop:
+            try:
+                train_model(spec, epochs=epochs, batch_size=batch_size, lr=lr, resize=resize, dataset=dataset,
+                            data_root=data_root, seed=seed, limit=limit, init=init, device=device, amp=amp,
+                            channels_last=channels_last, compile=compile, tune=tune, download=download,
+                            input_shape=input, params=parse_sets(set_), out=True if out is None else out,
+                            resume=resume, progress=reporter)
+            except Interrupted as e:
+                typer.echo(_interrupted_message(e, spec, stop.name), err=True)
+                raise typer.Exit(128 + stop.signal) from None
+            except KeyboardInterrupt:
+                kept = f"{resume} is as it was" if resume is not None else "nothing was saved"
+                typer.echo(f"{stop.name} before training started; {kept}", err=True)
+                raise typer.Exit(128 + stop.signal) from None
 
     guarded(run)
+
+
+class _StopSignals:
+    """While training, SIGTERM (what cluster schedulers send before they kill) stops the run as Ctrl-C does.
+
+    The first SIGINT or SIGTERM raises KeyboardInterrupt, so the trainer keeps the last finished
+    epoch and the resume command is printed; later ones are ignored, so that saving is not cut
+    short. The exit code is 128 + the signal: 130 for Ctrl-C, 143 for SIGTERM.
+    """
+
+    def __init__(self) -> None:
+        self.signal = signal.SIGINT
+
+    @property
+    def name(self) -> str:
+        return "interrupted" if self.signal == signal.SIGINT else f"stopped by {signal.Signals(self.signal).name}"
+
+    def __enter__(self) -> _StopSignals:
+        import threading
+
+        on_main = threading.current_thread() is threading.main_thread()  # only the main thread may set handlers
+        self.previous = {s: signal.signal(s, self._stop) for s in (signal.SIGINT, signal.SIGTERM)} if on_main else {}
+        return self
+
+    def _stop(self, signum: int, frame: Any) -> None:
+        self.signal = signum
+        for s in self.previous:
+            signal.signal(s, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
 
 def _stdout_is_terminal() -> bool:
@@ -209,15 +245,15 @@ def _stdout_is_terminal() -> bool:
     return Console().is_terminal
 
 
-def _interrupted_message(e: Any, spec: Optional[str]) -> str:
+def _interrupted_message(e: Any, spec: Optional[str], how: str = "interrupted") -> str:
     import shlex
 
     if e.run_dir is None:
-        return f"interrupted during epoch {e.epoch}; no run directory, so nothing was saved"
+        return f"{how} during epoch {e.epoch}; no run directory, so nothing was saved"
     spec_arg = [spec] if spec is not None else []
     command = shlex.join(["archdsl", "train", *spec_arg, "--resume", str(e.run_dir)])
     saved = f"the state after epoch {e.completed}" if e.completed else "the state before the first epoch"
-    return (f"interrupted during epoch {e.epoch}; {e.run_dir}/checkpoints/last.pt holds {saved}\n"
+    return (f"{how} during epoch {e.epoch}; {e.run_dir}/checkpoints/last.pt holds {saved}\n"
             f"resume with: {command}")
 
 
@@ -240,6 +276,8 @@ def eval_(
 
         r = evaluate_run(run_dir, checkpoint, device=device, data_root=data_root, download=download,
                          batch_size=batch_size)
+        for note in r.notes:
+            typer.echo(f"note: {note}", err=True)
         typer.echo(f"{r.checkpoint}: epoch {r.epoch} of {r.epochs}")
         recorded = f" (measured during training: {r.recorded_test_acc:.3f})" if r.recorded_test_acc is not None else ""
         typer.echo(f"test acc {r.test_acc:.3f} on {r.examples:,} {r.dataset} test images on {r.device}{recorded}")

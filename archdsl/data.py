@@ -61,6 +61,13 @@ _HOW_TO_GET = {
 }
 
 SYNTHETIC_TRAIN, SYNTHETIC_TEST, SYNTHETIC_CLASSES = 2048, 512, 10
+# Each data set's image shape and its train and test sizes, known before it is read: the memory
+# check runs first.
+SIZES: dict[str, tuple[tuple[int, ...], int, int]] = {
+    "fashion-mnist": ((1, 28, 28), 60_000, 10_000),
+    "mnist": ((1, 28, 28), 60_000, 10_000),
+    "cifar10": ((3, 32, 32), 50_000, 10_000),
+}
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,14 @@ class ImageData:
         """The same data on `device`, still uint8: batches are then slices, never host copies."""
         return replace(self, train_x=self.train_x.to(device), train_y=self.train_y.to(device),
                        test_x=self.test_x.to(device), test_y=self.test_y.to(device))
+
+
+def planned(name: str, shape: tuple[int, ...] | None = None) -> tuple[tuple[int, ...], int, int]:
+    """(image shape, train size, test size) of a data set, without reading it; `shape` as for `load`."""
+    check_dataset(name)
+    if name == "synthetic":
+        return tuple(shape or (1, 28, 28)), SYNTHETIC_TRAIN, SYNTHETIC_TEST
+    return SIZES[name]
 
 
 def cache_dir() -> Path:

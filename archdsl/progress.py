@@ -43,6 +43,7 @@ def header_lines(info: RunInfo) -> list[str]:
     if info.run_dir is not None:
         resumed = f" (resuming after epoch {info.start_epoch})" if info.start_epoch else ""
         out.append(f"run directory: {info.run_dir}{resumed}")
+    out += [f"note: {n}" for n in info.notes]
     return out
 
 

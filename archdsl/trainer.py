@@ -50,21 +50,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import data as D
+from . import memory as M
 from . import tuning as T
 from .devices import flush_denormals, keep_freed_memory, place, precision, resolve_device, sync
 from .errors import ArchError
 from .history import EpochRecord, History
 from .plan import Recipe
-from .runs import RunDir
-
-# Recipe values used when neither the spec's `train` line nor a flag gives one.
-DEFAULTS: dict[str, Any] = {"dataset": "fashion-mnist", "batch_size": 256, "lr": 0.1, "epochs": 10,
-                            "resize": None, "seed": 0, "limit": None, "init": "xavier"}
-# The recipe decides the numbers: a resumed run keeps it (only `epochs` may grow).
-RECIPE_KEYS = tuple(DEFAULTS)
-INITS = ("xavier", "keep")
-FLAGS = {"dataset": "--dataset", "batch_size": "--batch-size", "lr": "--lr", "epochs": "--epochs",
-         "resize": "--resize", "seed": "--seed", "limit": "--limit", "init": "--init"}
+from .recipe import DEFAULTS, EXAMPLES, FLAGS, NAMES, RECIPE_KEYS, expected
+from .runs import DAMAGED_CHECKPOINT, RunDir, RunWriteError
 
 
 @dataclass(frozen=True)
@@ -93,8 +86,12 @@ class TrainConfig:
         return {k: getattr(self, k) for k in RECIPE_KEYS}
 
 
-def resolve_config(recipe: Recipe | None, given: Mapping[str, Any], **runtime: Any) -> tuple[TrainConfig, dict]:
-    """Flags beat the spec's `train` line, which beats DEFAULTS. Returns the config and where each value came from."""
+def resolve_config(recipe: Recipe | None, given: Mapping[str, Any], where: str | None = None,
+                   **runtime: Any) -> tuple[TrainConfig, dict]:
+    """Flags beat the spec's `train` line, which beats DEFAULTS. Returns the config and where each value came from.
+
+    `where`: the spec's file, named when one of its `train` values is out of range.
+    """
     values, sources = dict(DEFAULTS), {k: "default" for k in DEFAULTS}
     if recipe is not None:
         for k, v in recipe.to_dict().items():
@@ -102,30 +99,27 @@ def resolve_config(recipe: Recipe | None, given: Mapping[str, Any], **runtime: A
     for k, v in given.items():
         values[k], sources[k] = v, FLAGS[k]
     config = TrainConfig(**values, **runtime)
-    check_config(config)
+    check_config(config, sources, where)
     return config, sources
 
 
-def check_config(c: TrainConfig) -> None:
-    """Refuse values that cannot work, naming the flag and a value that would."""
-    D.check_dataset(c.dataset)
-    _whole(c.epochs, "epochs", 1, "--epochs 10")
-    _whole(c.batch_size, "batch size", 1, "--batch-size 256")
-    if c.resize is not None:
-        _whole(c.resize, "resize", 1, "--resize 224")
-    if c.limit is not None:
-        _whole(c.limit, "limit", 1, "--limit 1000")
-    _whole(c.seed, "seed", 0, "--seed 0")
-    if isinstance(c.lr, bool) or not isinstance(c.lr, (int, float)) or not math.isfinite(c.lr) or c.lr <= 0:
-        raise ArchError(f"lr must be a positive number, such as --lr 0.1, not {c.lr!r}")
-    if c.init not in INITS:
-        raise ArchError(f"init must be one of {', '.join(INITS)}, not {c.init!r}")
+# How the spec's `train` line spells each key (where it differs).
+SPEC_OPTIONS = {"batch_size": "batch"}
 
 
-def _whole(v: Any, what: str, lo: int, example: str) -> None:
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        bound = "a positive whole number" if lo == 1 else f"a whole number >= {lo}"
-        raise ArchError(f"{what} must be {bound}, such as {example}, not {v!r}")
+def check_config(c: TrainConfig, sources: Mapping[str, str] | None = None, where: str | None = None) -> None:
+    """Refuse values out of range (archdsl/recipe.py), naming where each came from and a value that works."""
+    D.check_dataset(c.dataset)  # with its did-you-mean
+    for key in RECIPE_KEYS:
+        value = getattr(c, key)
+        need = expected(key, value)
+        if need is None:
+            continue
+        flag = f"{FLAGS[key]} {EXAMPLES[key]}"
+        if (sources or {}).get(key) == "spec":
+            raise ArchError(f"{SPEC_OPTIONS.get(key, key)}={value!r} in the spec's train line: {NAMES[key]} must be "
+                            f"{need}", where=where, notes=(f"change it in the spec, or override it with {flag}",))
+        raise ArchError(f"{NAMES[key]} must be {need}, such as {flag}, not {value!r}")
 
 
 # Inputs: uint8 on the device -> the float batch the model takes --------------
@@ -189,6 +183,7 @@ class RunInfo:
     run_dir: Path | None
     start_epoch: int  # epochs already done (resume)
     tuning: str | None = None  # what archdsl.tuning picked, in words; None when it did not run
+    notes: tuple[str, ...] = ()  # what resuming noticed and repaired
 
 
 class Reporter:
@@ -357,39 +352,55 @@ class _Trainer:
 
     def run(self, model_or_spec: Any, given: dict[str, Any], runtime: dict[str, Any], params: dict[str, Any],
             input_shape: Any, out: Any, resume: Any) -> History:
-        run = RunDir.open(resume) if resume is not None else None
-        saved = run.read_config() if run is not None else None
-        if saved is not None:
+        with contextlib.ExitStack() as held:  # the run directory's lock, let go of however the run ends
+            return self._run(held, model_or_spec, given, runtime, params, input_shape, out, resume)
+
+    def _run(self, held: contextlib.ExitStack, model_or_spec: Any, given: dict[str, Any], runtime: dict[str, Any],
+             params: dict[str, Any], input_shape: Any, out: Any, resume: Any) -> History:
+        notes: list[str] = []  # what reading a resumed run noticed, for the reporter
+        run = saved = state = None
+        if resume is not None:
             if out not in (None, True, False):
                 raise ArchError("--out and --resume both name a run directory; use one")
-            model_or_spec, params, input_shape = _resume_inputs(run, saved, model_or_spec, params, input_shape)
+            run = RunDir.open(resume)
+            run.take_lock()
+            held.callback(run.release)
+            if run.remove_temporary():
+                notes.append("removed the temporary files a killed run had left")
+            saved = run.read_config()
+            state = run.load_checkpoint("last")
+            model_or_spec, params, input_shape = _resume_inputs(run, saved, state, model_or_spec, params,
+                                                                input_shape)
         elif model_or_spec is None:
             raise ArchError("train needs a spec or a model (or resume=RUN_DIR to continue a run)")
         net = _network(model_or_spec, params, input_shape)
 
         if saved is not None:
-            config, sources = _resumed_config(saved, given, runtime)
+            config, sources = _resumed_config(saved, state, given, runtime, notes)
         else:
-            config, sources = resolve_config(net.recipe, given, **runtime)
+            config, sources = resolve_config(net.recipe, given, net.display if net.path else None, **runtime)
         dev = resolve_device(config.device)
         if dev.type == "cpu":
             keep_freed_memory()
 
-        # Data: found offline first, held on the device as uint8.
+        # Whether it fits, before anything is allocated; then the data, held on the device as uint8.
         synth_shape = None
         if config.dataset == "synthetic":
             spec_in = net.input_shape or (1, 28, 28)
             synth_shape = spec_in if config.resize is None or len(spec_in) != 3 else (spec_in[0], 28, 28)
+        image_shape, n_train, n_test = D.planned(config.dataset, synth_shape)
+        _, shape = _input_size(image_shape, config.dataset, config, net)
+        use_amp, use_cl = precision(dev, config.amp, config.channels_last, shape)
+        _check_memory(net, shape, image_shape, n_train, n_test, config, dev, use_amp)
         data = D.load(config.dataset, config.data_root, download=config.download, shape=synth_shape)
         data = data.limit(config.limit)
-        size, shape = _input_size(data, config, net)
+        size, shape = _input_size(data.image_shape, data.name, config, net)
 
         # The model, seeded, with d2l's init; the RNG is restored from the checkpoint on resume.
         torch.manual_seed(config.seed)
         model = _build(net, shape)
         if config.init == "xavier" and saved is None:
             model.apply(init_weights)
-        use_amp, use_cl = precision(dev, config.amp, config.channels_last, shape)
         place(model, dev, use_cl)
         data = data.to(dev)
         if dev.type == "cuda":
@@ -400,35 +411,39 @@ class _Trainer:
 
         records: list[EpochRecord] = []
         start = 0
-        state = run.load_checkpoint("last", map_location=dev) if saved is not None else None
+        ckpt = None
         tuned = _tuning(loop, config, dev, use_amp, use_cl, state)
         if state is not None:
             _check_same_network(state, arch, run, net.display)
-            model.load_state_dict(state["model"])
-            loop.opt.load_state_dict(state["optimizer"])
+            _load_state(loop, state, run.checkpoint("last"))
             records = [EpochRecord.from_dict(r) for r in state["history"]]
-            start = int(state["epoch"])
-            if start >= config.epochs:
+            start = state["epoch"]
+            if start >= config.epochs and run.weights.exists():
                 raise ArchError(f"this run has already trained {start} of {config.epochs} epochs; "
                                 f"to train longer, pass --epochs {start + 5} (or more)", where=str(run.path))
-            loop.set_rng(state["rng"])
-            run.write_metrics(r.to_dict() for r in records)
-            saved.setdefault("resumed", []).append({"at_epoch": start, "time": _now(), "device": str(dev)})
-            saved["recipe"]["epochs"] = config.epochs
-            saved["runtime"] = _runtime(config, dev, use_amp, use_cl, tuned)
-            run.write_config(saved)
+            _resume_files(run, saved, records, config, dev, use_amp, use_cl, tuned, notes)
+            ckpt = _Checkpointer(run, loop, arch, net, config, tuned, shape, saved=start)
         elif out:
             run = RunDir.create(None if out is True else out, net.name)
-            if net.text is not None:
-                run.write_spec(net.text)
-            run.write_config(_config_json(net, config, sources, data, shape, model, arch, dev, use_amp, use_cl, tuned))
+            held.callback(run.release)
+            ckpt = _Checkpointer(run, loop, arch, net, config, tuned, shape)
+            try:  # until its first checkpoint, a run that fails is removed: it would block the same command again
+                if net.text is not None:
+                    run.write_spec(net.text)
+                run.write_config(_config_json(net, config, sources, data, shape, model, arch, dev, use_amp, use_cl,
+                                              tuned))
+                ckpt.save(0, records)  # Ctrl-C in the first epoch can resume from here
+            except BaseException as e:
+                run.discard()
+                if isinstance(e, RunWriteError):
+                    raise _with_notes(e, "nothing was kept: the run directory was removed; run the same command "
+                                         "again once it can be written") from None
+                raise
 
-        ckpt = _Checkpointer(run, loop, arch, net, config, tuned) if run is not None else None
-        if ckpt is not None and saved is None:
-            ckpt.save(0, records)  # Ctrl-C in the first epoch can resume from here
         info = RunInfo(net.display, str(dev), config, sources, data.name, data.source, len(data.train_y),
                        len(data.test_y), shape, sum(p.numel() for p in model.parameters()), use_amp, use_cl,
-                       run.path if run is not None else None, start, tuned.describe() if tuned is not None else None)
+                       run.path if run is not None else None, start, tuned.describe() if tuned is not None else None,
+                       tuple(notes))
         history = History(records, model, str(dev), info.run_dir, config)
         self.reporter.start(info)
 
@@ -450,26 +465,55 @@ class _Trainer:
                         curves.draw(records, last=epoch == config.epochs)
                     unsaved, running = False, epoch + 1  # saved: a Ctrl-C from here on stops the next one
                     self.reporter.epoch_end(record, config.epochs, best)
+            if run is not None:
+                curves.draw(records, last=True)  # a run completed on resume has drawn nothing yet
+                run.save_weights(model.state_dict())
         except KeyboardInterrupt:
             if ckpt is not None and unsaved:  # the epoch finished but was not saved yet
                 ckpt.save(len(records), records, best=records[-1] is history.best)
             curves.draw(records, last=True)
             raise Interrupted(running, len(records), history, history.run_dir, net.path) from None
-        if run is not None:
-            from .runs import atomic_save
-
-            atomic_save(model.state_dict(), run.weights)
+        except RunWriteError as e:
+            done = ckpt.saved if ckpt is not None else start
+            raise _with_notes(e, f"{run.checkpoint('last')} holds the state after epoch {done}: nothing finished "
+                                 f"is lost", f"once it can be written, resume with: archdsl train --resume {run.path}"
+                              ) from None
         self.reporter.end(history)
         return history
 
 
-def _input_size(data: D.ImageData, config: TrainConfig, net: _Network) -> tuple[tuple[int, int] | None, tuple]:
+def _with_notes(e: ArchError, *notes: str) -> ArchError:
+    """The same error with more notes: what is saved, and how to go on."""
+    return type(e)(e.message, e.span, where=None if e.span else e.where, notes=(*e.notes, *notes))
+
+
+def _check_memory(net: _Network, shape: tuple[int, ...], image_shape: tuple[int, ...], n_train: int, n_test: int,
+                  config: TrainConfig, dev: torch.device, amp: bool) -> None:
+    """Refuse a run that cannot fit the device, before its data or model exist (see archdsl/memory.py)."""
+    if net.module is not None:
+        summary, params = None, sum(p.numel() for p in net.module.parameters())
+    else:
+        from .api import trace
+
+        summary = trace(net.tree, shape, **net.params)
+        params = summary.total_params
+    batch = min(config.batch_size, n_train if config.limit is None else min(n_train, config.limit))
+    need = M.need(summary, params, image_shape, shape, n_train + n_test, batch, amp=amp,
+                  synthetic=n_train if config.dataset == "synthetic" else 0)
+    where = net.display if net.path else None
+    M.check(need, dev, "training", where)
+    if dev.type == "cuda":  # the model is built, and the data read, on the CPU first
+        M.check(need.on_host(), torch.device("cpu"), "training", where)
+
+
+def _input_size(image_shape: tuple[int, ...], dataset: str, config: TrainConfig,
+                net: _Network) -> tuple[tuple[int, int] | None, tuple]:
     """The resize target and the model's input shape (C, H, W); refuse a spec that disagrees with the data."""
-    shape = data.image_shape
+    shape = tuple(image_shape)
     size = None
     if config.resize is not None:
         if len(shape) != 3:
-            raise ArchError(f"resize applies to images (C, H, W); {data.name} items have shape "
+            raise ArchError(f"resize applies to images (C, H, W); {dataset} items have shape "
                             f"{'x'.join(map(str, shape))}")
         size = resized_hw(shape[1], shape[2], config.resize)
         shape = (shape[0], *size)
@@ -479,11 +523,11 @@ def _input_size(data: D.ImageData, config: TrainConfig, net: _Network) -> tuple[
         got = "x".join(map(str, shape))
         how = f"resized to {config.resize}" if config.resize else "as stored, not resized"
         if len(spec_in) == len(shape) and spec_in[0] != shape[0]:
-            why = (f"the spec's input {have} has {spec_in[0]} channel{'s' * (spec_in[0] != 1)} but {data.name} "
+            why = (f"the spec's input {have} has {spec_in[0]} channel{'s' * (spec_in[0] != 1)} but {dataset} "
                    f"images have {shape[0]} ({got})")
             fix = f"use a data set with {spec_in[0]}-channel images, or change the spec's input to {got}"
         else:
-            why = f"the spec's input is {have} but {data.name} images {how} are {got}"
+            why = f"the spec's input is {have} but {dataset} images {how} are {got}"
             fix = (f"pass --input {got} to train at that size" + (
                 f", or --resize {spec_in[-1]}" if len(spec_in) == 3 and spec_in[1] == spec_in[2] else ""))
         raise ArchError(why, where=net.display if net.path else None, notes=(fix,))
@@ -624,11 +668,17 @@ class _Curves:
 
 
 class _Checkpointer:
-    """Writes checkpoints/last.pt (every epoch) and best.pt: tensors and plain containers only."""
+    """Writes checkpoints/last.pt (every epoch) and best.pt: tensors and plain containers only.
+
+    best.pt is written after last.pt, as a hard link to it: a kill between the two leaves best.pt
+    one epoch behind, which a resume repairs (the best epoch is known from last.pt's history).
+    """
 
     def __init__(self, run: RunDir, loop: _Loop, arch: str, net: _Network, config: TrainConfig,
-                 tuned: T.Tuning | None) -> None:
+                 tuned: T.Tuning | None, shape: tuple[int, ...], saved: int = 0) -> None:
         self.run, self.loop, self.arch, self.net, self.config, self.tuned = run, loop, arch, net, config, tuned
+        self.shape = shape
+        self.saved = saved  # the epoch last.pt holds
 
     def save(self, epoch: int, records: list[EpochRecord], best: bool = False) -> None:
         state = {
@@ -643,10 +693,12 @@ class _Checkpointer:
             "params": {k: str(v) for k, v in self.net.params.items()},
             "recipe": self.config.recipe(),
             "tuning": self.tuned.to_dict() if self.tuned is not None else None,
+            "input_shape": list(self.shape),
         }
         self.run.save_checkpoint(state, "last")
+        self.saved = epoch
         if best:
-            self.run.save_checkpoint(state, "best")
+            self.run.link_best()
 
 
 def _check_same_network(state: Mapping[str, Any], arch: str, run: RunDir, display: str) -> None:
@@ -662,15 +714,88 @@ def _check_same_network(state: Mapping[str, Any], arch: str, run: RunDir, displa
                     notes=(f"resume with the run's own spec: archdsl train --resume {run.path}",))
 
 
-def _resume_inputs(run: RunDir, saved: dict, model_or_spec: Any, params: dict, input_shape: Any):
+def _load_model(model: nn.Module, weights: Mapping[str, torch.Tensor], path: Path) -> None:
+    """load_state_dict, with each tensor checked first: a damaged one is named, not a 'size mismatch' traceback."""
+    own = model.state_dict()
+    missing, extra = [k for k in own if k not in weights], [k for k in weights if k not in own]
+    if missing or extra:
+        what = (f"missing {', '.join(missing[:3])}" if missing else f"unexpected {', '.join(extra[:3])}")
+        raise ArchError(f"model: expected the network's {len(own)} tensors, {what}", where=str(path),
+                        notes=(DAMAGED_CHECKPOINT,))
+    for k, v in own.items():
+        w = weights[k]
+        if w.shape != v.shape or w.dtype != v.dtype:
+            raise ArchError(f"model.{k}: expected a {str(v.dtype).removeprefix('torch.')} tensor of shape "
+                            f"{tuple(v.shape)}, got {str(w.dtype).removeprefix('torch.')} {tuple(w.shape)}",
+                            where=str(path), notes=(DAMAGED_CHECKPOINT,))
+    model.load_state_dict(weights)
+
+
+def _load_state(loop: _Loop, state: Mapping[str, Any], path: Path) -> None:
+    """The model, the optimizer and the RNG from a checkpoint; a field that does not fit is an ArchError naming it."""
+    _load_model(loop.model, state["model"], path)
+    fresh = loop.opt.state_dict()["param_groups"]
+    for i, (old, new) in enumerate(zip(state["optimizer"]["param_groups"], fresh)):
+        for k in ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize"):
+            if k in old and old[k] != new[k]:
+                raise ArchError(f"optimizer.param_groups[{i}].{k}: expected {new[k]!r} (this run's plain SGD), got "
+                                f"{old[k]!r}", where=str(path), notes=(DAMAGED_CHECKPOINT,))
+    try:
+        loop.opt.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:
+        raise ArchError(f"optimizer: does not fit the network's parameters ({' '.join(str(e).split())[:200]})",
+                        where=str(path), notes=(DAMAGED_CHECKPOINT,)) from None
+    try:
+        loop.set_rng(state["rng"])
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise ArchError(f"rng: not a generator's state ({' '.join(str(e).split())[:200]})", where=str(path),
+                        notes=(DAMAGED_CHECKPOINT,)) from None
+
+
+def _resume_files(run: RunDir, saved: dict, records: list[EpochRecord], config: TrainConfig, dev: torch.device,
+                  amp: bool, channels_last: bool, tuned: T.Tuning | None, notes: list[str]) -> None:
+    """Bring a resumed run's files in line with its last checkpoint, which is the truth after any crash.
+
+    metrics.jsonl is rewritten from the checkpoint's history; best.pt, when a kill fell between the
+    writes of last.pt and best.pt, is linked again; model.pt, which holds a finished run's weights,
+    is removed when the run goes on (it is written again at the end); config.json gets the recipe.
+    """
+    done = len(records)
+    best = max(records, key=lambda r: r.test_acc, default=None)  # the first of equals, as History.best
+    if best is not None and best.epoch == done:
+        run.link_best()  # last.pt is the best state: best.pt must be it, whether or not a kill came between
+    run.write_metrics(r.to_dict() for r in records)
+    if done >= config.epochs:
+        notes.append(f"all {config.epochs} epochs were trained before: writing the final weights and curves the "
+                     f"run had not written")
+    else:
+        run.remove_weights()
+        saved.setdefault("resumed", []).append({"at_epoch": done, "time": _now(), "device": str(dev)})
+        saved["runtime"] = _runtime(config, dev, amp, channels_last, tuned)
+    saved["recipe"] = config.recipe()
+    run.write_config(saved)
+
+
+def _spec_file(run: RunDir) -> Path | None:
+    """The run's spec.arch; None for a run that trained a Python module (it has none)."""
+    if not run.spec.exists():
+        return None
+    if not run.spec.is_file():
+        raise ArchError("expected the run's spec here, found a directory", where=str(run.spec),
+                        notes=("move it away and put the spec back (the checkpoint holds its text as 'spec')",))
+    return run.spec
+
+
+def _resume_inputs(run: RunDir, saved: dict, state: Mapping[str, Any], model_or_spec: Any, params: dict,
+                   input_shape: Any):
     """The spec, params and input shape a resumed run is rebuilt with: the saved ones unless given."""
-    spec_info = saved.get("spec") or {}
+    spec_info = saved["spec"]
     if model_or_spec is None:
-        if not run.spec.is_file():
+        model_or_spec = _spec_file(run)
+        if model_or_spec is None:
             raise ArchError("this run trained a Python nn.Module (it has no spec.arch); pass the same module "
                             "to archdsl.train(module, resume=...) to continue it", where=str(run.path))
-        model_or_spec = run.spec
-    saved_params = {k: str(v) for k, v in (spec_info.get("params") or {}).items()}
+    saved_params = dict(spec_info["params"])
     if params:
         from .values import from_python
 
@@ -679,29 +804,46 @@ def _resume_inputs(run: RunDir, saved: dict, model_or_spec: Any, params: dict, i
                 raise ArchError(f"--set {k}={v} differs from the run's {k}={saved_params[k]}; a resumed run keeps "
                                 f"its params (start a new run to change them)", where=str(run.path))
         saved_params.update({k: str(v) for k, v in params.items()})
-    if input_shape is None and spec_info.get("input_shape"):
+    if input_shape is None:
         input_shape = tuple(spec_info["input_shape"])
     return model_or_spec, saved_params, input_shape
 
 
-def _resumed_config(saved: dict, given: Mapping[str, Any], runtime: dict[str, Any]) -> tuple[TrainConfig, dict]:
+def _saved_recipe(saved: Mapping[str, Any], state: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
+    """The recipe of a run: its checkpoint's, which trained the weights, with config.json's epochs (a resume
+    with --epochs writes them there first). A config.json without a recipe, or with another one, gets a note."""
+    recipe = dict(state["recipe"])
+    on_file = saved.get("recipe")
+    if on_file is None:
+        notes.append("config.json has no recipe; using the checkpoint's")
+        return recipe
+    differ = [f"{k} {on_file[k]!r} in config.json, {recipe[k]!r} in the checkpoint" for k in RECIPE_KEYS
+              if k != "epochs" and on_file[k] != recipe[k]]
+    if differ:
+        notes.append(f"config.json's recipe differs from the checkpoint's ({'; '.join(differ)}); using the "
+                     f"checkpoint's, which trained these weights")
+    recipe["epochs"] = on_file["epochs"]
+    return recipe
+
+
+def _resumed_config(saved: dict, state: Mapping[str, Any], given: Mapping[str, Any], runtime: dict[str, Any],
+                    notes: list[str]) -> tuple[TrainConfig, dict]:
     """A resumed run keeps its recipe: a flag may only repeat it, except --epochs, which may grow."""
-    recipe = dict(saved.get("recipe") or {})
+    recipe = _saved_recipe(saved, state, notes)
     for k, v in given.items():
         if k == "epochs":
             continue
-        if k in recipe and recipe[k] != v:
+        if recipe[k] != v:
             raise ArchError(f"{FLAGS[k]} {v} differs from the run's {k} {recipe[k]}; a resumed run keeps its "
                             f"recipe (start a new run to change it; only --epochs may change)")
-    values = {k: recipe.get(k, DEFAULTS[k]) for k in RECIPE_KEYS}
+    values = dict(recipe)
     sources = {k: "saved run" for k in RECIPE_KEYS}
     if "epochs" in given:
         values["epochs"], sources["epochs"] = given["epochs"], "--epochs"
-    saved_rt = saved.get("runtime") or {}
-    if runtime.get("data_root") is None and saved_rt.get("data_root"):
-        runtime = {**runtime, "data_root": saved_rt["data_root"]}
+    if runtime.get("data_root") is None and saved["runtime"]["data_root"]:
+        runtime = {**runtime, "data_root": saved["runtime"]["data_root"]}
     config = TrainConfig(**values, **runtime)
-    check_config(config)
+    check_config(config, sources)
     return config, sources
 
 
@@ -762,51 +904,85 @@ class EvalResult:
     checkpoint: Path
     device: str
     dataset: str
+    notes: tuple[str, ...] = ()  # what reading the run noticed (a recipe taken from the checkpoint, ...)
 
 
 def evaluate_run(run_dir: str | os.PathLike[str], which: str = "best", *, device: str = "auto",
                  data_root: str | os.PathLike[str] | None = None, download: bool = True,
                  batch_size: int | None = None) -> EvalResult:
     """Test accuracy of a run's checkpoint (best by default) on the whole test set."""
-    from .api import build
+    from .api import build, trace
 
     if which not in ("best", "last"):
         raise ArchError(f"checkpoint must be best or last, not {which!r}")
+    if batch_size is not None and expected("batch_size", batch_size) is not None:
+        raise ArchError(f"batch size must be {expected('batch_size', batch_size)}, such as --batch-size 256, "
+                        f"not {batch_size!r}")
     run = RunDir.open(run_dir)
     saved = run.read_config()
-    if not run.spec.is_file():
+    spec_file = _spec_file(run)
+    if spec_file is None:
         raise ArchError("this run trained a Python nn.Module (it has no spec.arch); evaluate it in Python",
                         where=str(run.path))
     dev = resolve_device(device)
-    state = run.load_checkpoint(which, map_location=dev)
-    recipe = {**DEFAULTS, **(saved.get("recipe") or {})}
-    spec = saved.get("spec") or {}
-    shape = tuple(spec.get("input_shape") or ()) or None
-    model = build(run.spec, shape, **(spec.get("params") or {}))
-    _check_same_network(state, repr(model), run, str(run.spec))
-    model.load_state_dict(state["model"])
-    if batch_size is not None:
-        _whole(batch_size, "batch size", 1, "--batch-size 256")
-    root = data_root if data_root is not None else (saved.get("runtime") or {}).get("data_root")
-    synth = tuple(shape) if recipe["dataset"] == "synthetic" and shape else None
-    if synth is not None and recipe.get("resize") and len(synth) == 3:
+    notes: list[str] = []
+    state, path = _checkpoint_to_measure(run, which, notes)
+    recipe = _saved_recipe(saved, state, notes)
+    shape = tuple(saved["spec"]["input_shape"])
+    params = saved["spec"]["params"]
+    root = data_root if data_root is not None else saved["runtime"]["data_root"]
+    synth = shape if recipe["dataset"] == "synthetic" else None
+    if synth is not None and recipe["resize"] and len(synth) == 3:
         synth = (synth[0], 28, 28)
-    data = D.load(recipe["dataset"], root, download=download, shape=synth)
     config = TrainConfig(**{k: recipe[k] for k in RECIPE_KEYS}, device=device)
     if batch_size is not None:
         config = replace(config, batch_size=batch_size)
-    size, shape = _input_size(data, config, _Network("", str(run.spec), None, None))
-    trained = saved.get("runtime") or {}
-    if str(trained.get("device") or "cpu").split(":")[0] == dev.type:  # measure as training did
-        use_amp, use_cl = precision(dev, trained.get("amp_bf16"), trained.get("channels_last"), shape)
+    net = _Network("", str(spec_file), None, None)
+    image_shape, n_train, n_test = D.planned(recipe["dataset"], synth)
+    summary = trace(spec_file, shape, **params)
+    trained = saved["runtime"]
+    same_kind = trained["device"].split(":")[0] == dev.type
+    if same_kind:  # measure as training did
+        use_amp, use_cl = precision(dev, trained["amp_bf16"], trained["channels_last"], shape)
     else:
         use_amp, use_cl = precision(dev, None, None, shape)
+    need = M.need(summary, summary.total_params, image_shape, shape, n_train + n_test,
+                  min(config.batch_size, n_test), amp=use_amp, training=False,
+                  synthetic=n_train if recipe["dataset"] == "synthetic" else 0)
+    M.check(need, dev, "evaluating", net.display)
+    model = build(spec_file, shape, **params)
+    _check_same_network(state, repr(model), run, str(spec_file))
+    _load_model(model, state["model"], path)
+    data = D.load(recipe["dataset"], root, download=download, shape=synth)
+    size, shape = _input_size(data.image_shape, data.name, config, net)
     place(model, dev, use_cl)
     data = data.to(dev)
     loop = _Loop(model, data, config, dev, size, use_cl, use_amp, Reporter())
     with flush_denormals(dev):
         acc = loop.correct(data.test_x, data.test_y).item() / len(data.test_y)
-    epoch = int(state["epoch"])
+    epoch = state["epoch"]
     rec = next((r["test_acc"] for r in state["history"] if r["epoch"] == epoch), None)
-    return EvalResult(acc, len(data.test_y), epoch, int(recipe["epochs"]), rec, run.checkpoint(which), str(dev),
-                      data.name)
+    return EvalResult(acc, len(data.test_y), epoch, recipe["epochs"], rec, path, str(dev), data.name, tuple(notes))
+
+
+def _checkpoint_to_measure(run: RunDir, which: str, notes: list[str]) -> tuple[dict[str, Any], Path]:
+    """The checkpoint `which` names, except that a best.pt left behind by a kill between the writes of last.pt
+    and best.pt is passed over for last.pt, which then holds the best epoch (with a note saying so)."""
+    if which == "last":
+        return run.load_checkpoint("last"), run.checkpoint("last")
+    try:
+        last = run.load_checkpoint("last")
+    except ArchError as e:  # best.pt was asked for: a damaged last.pt only leaves nothing to compare it with
+        notes.append(f"{e}; measuring best.pt without it")
+        last = None
+    best_path = run.checkpoint("best")
+    best = run.load_checkpoint("best") if last is None or best_path.exists() else None
+    if last is not None and last["history"]:
+        top = max(last["history"], key=lambda r: r["test_acc"])["epoch"]  # the first of equals, as training marks it
+        if top == last["epoch"] and (best is None or best["epoch"] < top):
+            notes.append(f"best.pt does not hold the best epoch, {top}, which last.pt holds (a kill came between "
+                         f"their writes): measuring last.pt; resuming the run repairs best.pt")
+            return last, run.checkpoint("last")
+    if best is None:
+        return run.load_checkpoint("best"), best_path  # the message for a run with no best epoch yet
+    return best, best_path

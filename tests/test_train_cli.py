@@ -91,10 +91,15 @@ def test_eval_reports_the_best_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("args, words", [
-    (["--epochs", "0"], "error: epochs must be a positive whole number, such as --epochs 10, not 0"),
-    (["--lr", "-1"], "error: lr must be a positive number, such as --lr 0.1, not -1.0"),
-    (["--batch-size", "0"], "error: batch size must be a positive whole number"),
-    (["--limit", "0"], "error: limit must be a positive whole number"),
+    (["--epochs", "0"], "error: epochs must be a whole number from 1 to 1,000,000, such as --epochs 10, not 0"),
+    (["--epochs", "99999999999999999999"], "error: epochs must be a whole number from 1 to 1,000,000"),
+    (["--seed", "99999999999999999999"], "error: seed must be a whole number from 0 to 18,446,744,073,709,551,615"),
+    (["--lr", "-1"], "error: lr must be a number above 0 and at most 1,000, such as --lr 0.1, not -1.0"),
+    (["--lr", "1e400"], "error: lr must be a number above 0 and at most 1,000, such as --lr 0.1, not inf"),
+    (["--batch-size", "0"], "error: batch size must be a whole number from 1 to 1,000,000"),
+    (["--batch-size", "99999999999999999999"], "error: batch size must be a whole number from 1 to 1,000,000"),
+    (["--limit", "0"], "error: limit must be a whole number from 1 to 1,000,000,000"),
+    (["--resize", "99999999999999999999"], "error: resize must be a whole number from 1 to 1,000,000"),
     (["--device", "tpu"], "error: unknown device 'tpu'; use auto, cpu, cuda, cuda:N or mps"),
     (["--dataset", "fashion"], "error: unknown dataset 'fashion'; did you mean 'fashion-mnist'?"),
     (["--init", "he"], "error: init must be one of xavier, keep"),
@@ -139,8 +144,15 @@ def test_missing_spec_run_dir_and_checkpoint_are_clear_errors(tmp_path):
     r = run("train", *QUICK)
     assert r.exit_code == 2 and "train needs a spec" in r.stderr
     # a run stopped before its first epoch ended has no best checkpoint yet
-    assert run("train", TINY, *QUICK, "--epochs", "1", "--out", tmp_path / "run").exit_code == 0
-    (tmp_path / "run" / "checkpoints" / "best.pt").unlink()
+    import archdsl
+    from archdsl.trainer import Interrupted, Reporter
+
+    class CtrlC(Reporter):
+        def step(self, batch, batches, live):
+            raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted):
+        archdsl.train(TINY, dataset="synthetic", limit=256, batch_size=64, out=tmp_path / "run", progress=CtrlC())
     r = run("eval", tmp_path / "run")
     assert r.exit_code == 2 and "no best checkpoint in this run" in r.stderr
 
