@@ -52,7 +52,8 @@ PIECES = list("()[]{},=*/+-;#\n x0123456789kspdg._\"<>!") + [
     "linear(8, pointwise=true)", "droppath(0.1)", "layerscale(1e-6)", "classtoken", "posembedding",
     "attention(2)", "token(0)", "include mobilenet\n", "include transformer\n"]
 
-TIMEOUT_S = 5.0  # a case that takes longer is a hang
+TIMEOUT_S = 5.0  # a case that computes longer (CPU seconds) is a hang
+WAIT_FACTOR = 3  # a case that waits this many times TIMEOUT_S on the clock is a hang too
 MEMORY_MB = 1024  # a case that grows the worker by more is a runaway allocation
 
 
@@ -848,6 +849,16 @@ def _py(v: Any) -> Any:
     return x  # str, bool
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far, from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def _py_repr(v: Any) -> str:
     """How the value `_py(v)` is written in Python, short even for a number of thousands of digits."""
     kind, x = v
@@ -915,7 +926,7 @@ def run_case(c: dict) -> dict:
         os.chdir(tmp)
         _make_files(c.get("files", {}))
         spec = c["spec"]
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         if c["mode"] == "cli":
             out.update(_run_cli(c))
         else:
@@ -934,7 +945,7 @@ def run_case(c: dict) -> dict:
                     raise
                 raised, ours = _frames(e.__traceback__)
                 out.update(outcome="crash", type=type(e).__name__, message=str(e)[:500], raised=raised, ours=ours)
-        out["time"] = time.perf_counter() - t0
+        out["time"], out["cpu"] = time.perf_counter() - t0, time.process_time() - cpu0
     finally:
         os.chdir(home)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -1062,13 +1073,17 @@ class Worker:
             self.proc = None
 
     def _read(self, timeout: float, watch: bool = True) -> dict | str:
-        """The next JSON line, or "hang", "memory:<MB>", "died:<code>"."""
-        deadline = time.monotonic() + timeout
+        """The next JSON line, or "hang", "memory:<MB>", "died:<code>".
+
+        A hang is `timeout` seconds of the worker's CPU time, so that a loaded machine does not make one; a case
+        that waits without computing is a hang after WAIT_FACTOR times `timeout` on the clock.
+        """
+        deadline = time.monotonic() + timeout * (WAIT_FACTOR if watch else 1)
         fd = self.proc.stdout.fileno()
-        peak = 0.0
+        cpu0 = _cpu_seconds(self.proc.pid)
         while b"\n" not in self.buf:
             now = time.monotonic()
-            if now > deadline:
+            if now > deadline or (watch and _cpu_seconds(self.proc.pid) - cpu0 > timeout):
                 return "hang"
             ready, _, _ = select.select([fd], [], [], min(0.02, deadline - now))
             if ready:
@@ -1079,7 +1094,6 @@ class Worker:
                 self.buf += chunk
             elif watch:
                 grown = (_status(self.proc.pid).get("VmRSS", 0) - self.base_kb) / 1024
-                peak = max(peak, grown)
                 if grown > self.memory_mb:
                     return f"memory:{grown:.0f}"
         line, _, self.buf = self.buf.partition(b"\n")
@@ -1088,7 +1102,7 @@ class Worker:
     def run(self, c: dict) -> dict:
         if self.proc is None:
             self.start()
-        t0 = time.monotonic()
+        t0, cpu0 = time.monotonic(), _cpu_seconds(self.proc.pid)
         try:
             self.proc.stdin.write((json.dumps(c) + "\n").encode())
             self.proc.stdin.flush()
@@ -1099,10 +1113,11 @@ class Worker:
             if _status(self.proc.pid).get("VmRSS", 0) - self.base_kb > 600 * 1024:
                 self.stop()  # it kept memory from a big case: start afresh so later peaks mean something
             return got
+        cpu = _cpu_seconds(self.proc.pid) - cpu0
         self.stop()
         wall = time.monotonic() - t0
         if got == "hang":
-            return {"outcome": "hang", "time": wall, "problems": []}
+            return {"outcome": "hang", "time": wall, "cpu": cpu, "problems": []}
         if got.startswith("memory:"):
             return {"outcome": "memory", "time": wall, "mem_mb": float(got[7:]), "problems": []}
         return {"outcome": "crash", "type": f"worker died ({got[5:]})", "message": self._log_tail(), "raised": "-",
@@ -1190,7 +1205,8 @@ def failures_of(c: dict, r: dict) -> list[tuple[str, str]]:
                     f"{r['type']}: {r.get('message', '')[:300]}\n"
                     f"    raised at {r.get('raised')}; in archdsl at {r.get('ours')}"))
     elif o == "hang":
-        out.append((f"hang: {c['gen']}", f"no answer within {r['time']:.1f} s"))
+        out.append((f"hang: {c['gen']}", f"no answer after {r.get('cpu', 0):.1f} s of CPU time "
+                                          f"({r['time']:.1f} s on the clock)"))
     elif o == "memory" or r.get("mem_mb", 0) > MEMORY_MB:
         out.append((f"memory: {c['gen']}", f"grew by {r.get('mem_mb', 0):.0f} MB"))
     for kind, detail in r.get("problems", []):
@@ -1204,13 +1220,28 @@ def kind_of(cls: str) -> str:
 
 
 def show_case(c: dict) -> str:
-    """A reproducer, as Python would write the call."""
-    files = "".join(f"\n    file {name!r}: {what!r}" for name, what in c.get("files", {}).items())
+    """A reproducer, as Python would write the call (CLI arguments as Python strings too)."""
+    files = "".join(f"\n    file {name!r}: " + (_py_text(what["text"]) if "text" in what else repr(what))
+                    for name, what in c.get("files", {}).items())
     if c["mode"] == "cli":
-        return f"archdsl shapes {c['spec']!r} {' '.join(map(repr, c['args']))}".rstrip() + files
+        args = " ".join(t if t == repr(a) else f"({t})" for a, t in ((a, _py_text(a)) for a in c["args"]))
+        return f"archdsl shapes {_short(_py_text(c['spec']))} {args}".rstrip() + files
     extra = "".join(f", {k}={_py_repr(c[k])}" for k in ("input_shape", "batch") if c.get(k) is not None)
     extra += "".join(f", {k}={_short(_py_repr(v))}" for k, v in c.get("params", {}).items())
-    return f"archdsl.trace({_short(repr(c['spec']))}{extra})" + files
+    return f"archdsl.trace({_short(_py_text(c['spec']))}{extra})" + files
+
+
+def _py_text(s: str) -> str:
+    """A string as a Python expression, its long runs of one piece written as a repeat: 'x\\n' + 'relu ' * 9000."""
+    parts, pos = [], 0
+    for m in re.finditer(r"(.{1,200}?)\1{9,}", s, re.S):
+        if m.start() > pos:
+            parts.append(repr(s[pos:m.start()]))
+        parts.append(f"{m[1]!r} * {len(m[0]) // len(m[1])}")
+        pos = m.end()
+    if pos < len(s) or not parts:
+        parts.append(repr(s[pos:]))
+    return " + ".join(parts)
 
 
 def _short(s: str, most: int = 600) -> str:
