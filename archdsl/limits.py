@@ -21,14 +21,14 @@ class Limit:
 
 
 LIMITS = {
-    # lark parses ~30 KB a second here: 128 KiB is ~4 s, 30 times the largest spec in specs/
-    "spec_chars": Limit(131_072, "ARCHDSL_MAX_SPEC_CHARS", "characters in a spec file"),
+    # lark parses ~30 KB a second here: 64 KiB is ~2 s, 17 times the largest spec in specs/
+    "spec_chars": Limit(65_536, "ARCHDSL_MAX_SPEC_CHARS", "characters in a spec file"),
     # brackets and operators inside one another within a statement; real specs use under 10
     "nesting": Limit(64, None, "levels of brackets and operators within one another"),
     # blocks, joins, repeats and choices unrolled within one another; ResNets use 4
     "depth": Limit(64, None, "blocks, joins and repeats unrolled within one another"),
-    # layers the spec unrolls to: ResNet-1202 has ~4,000; 10,000 trace in ~8 s here
-    "layers": Limit(10_000, "ARCHDSL_MAX_LAYERS", "layers"),
+    # layers the spec unrolls to: ResNet-1001 has ~4,000 rows; 5,000 convolutions trace in ~3 s here
+    "layers": Limit(5_000, "ARCHDSL_MAX_LAYERS", "layers"),
     # items expanded while unrolling, counting those that give no layer (an empty repeat)
     "expansions": Limit(200_000, None, "expansion steps"),
     # one size of a shape (an input axis, a batch, a kernel): a billion is more than any axis holds

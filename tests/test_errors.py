@@ -58,7 +58,7 @@ CASES = [
     ("input 1x8x8\nblock a { relu a }\na", 2, 16, 1, "block 'a' calls itself (a -> a)"),
     ("input 1x8x8\nblock relu { identity }\nrelu", 2, 7, 4, "has the name of a built-in layer"),
     ("input 1x8x8\n[relu] * -1", 2, 10, 2, "a repeat count must be at least 0, not -1"),
-    ("input 1x8x8\n[[[relu] * 1000] * 1000] * 1000", 2, 2, 22, "more than 10,000 layers"),
+    ("input 1x8x8\n[[[relu] * 1000] * 1000] * 1000", 2, 2, 22, "more than 5,000 layers"),
     ("input 1x8x8\nrelu([relu])", 2, 6, 6, "relu takes no [ ... ] path arguments"),
     # statements
     ("input 1x8x8\ninput 1x8x8\nrelu", 2, 1, 11, "one 'input' statement"),
@@ -153,7 +153,7 @@ CASES = [
     ("input 3x8x8\n[relu] * 2 as input", 2, 1, 19, "'input' already means something"),
     ("param true = 3\ninput 8\nrelu", 1, 7, 4, "'true' already means something"),
     ("input 3x32x32\nconv(3, 64, 3)", 2, 1, 14, "is this torch's Conv2d(in, out, kernel)? Write conv(out, kernel)"),
-    ("input 8\n[relu] * 100000000 as i", 2, 10, 9, "a repeat of 100,000,000 is more than the 10,000 layers"),
+    ("input 8\n[relu] * 100000000 as i", 2, 10, 9, "a repeat of 100,000,000 is more than the 5,000 layers"),
 ]
 
 
@@ -300,7 +300,7 @@ def test_a_repeat_with_an_index_is_bounded_at_once_even_when_empty():
     import time
     start = time.perf_counter()
     e = error_of("input 8\n[if false [relu]] * 100000000 as i\nrelu")
-    assert "more than the 10,000 layers" in e.message and time.perf_counter() - start < 2
+    assert "more than the 5,000 layers" in e.message and time.perf_counter() - start < 2
 
 
 def test_deep_nesting_of_blocks_is_an_error_not_a_traceback():

@@ -33,9 +33,9 @@ def block_chain(n, body="relu"):
 
 @pytest.mark.parametrize("text, words", [
     # work that multiplies
-    ("input 4; block a { [relu] * 1000 }; block b { [a] * 10 }; [b] * 1000", "more than 10,000 layers"),
-    ("input 8\n[[if false [relu]] * 10000 as i] * 10000 as j\nrelu", "more than 200,000 steps to unroll"),
-    ("input 4; block a { [relu] * (996 + input.features) }; [a] * 20", "more than 10,000 layers"),
+    ("input 4; block a { [relu] * 1000 }; block b { [a] * 10 }; [b] * 1000", "more than 5,000 layers"),
+    ("input 8\n[[if false [relu]] * 5000 as i] * 5000 as j\nrelu", "more than 200,000 steps to unroll"),
+    ("input 4; block a { [relu] * (996 + input.features) }; [a] * 10", "more than 5,000 layers"),
     # exact numbers that grow without end
     (squarings(25), "has more than 300 digits"),
     ("input 4; dropout(" + "*".join(["1e30"] * 12) + ")", "has more than 300 digits"),
@@ -54,7 +54,7 @@ def block_chain(n, body="relu"):
     ("input 999999999x999999999x999999999; relu", "more than a tensor can"),
     ("input 1x99999999999x28; relu", "a size above 999,999,999 is too large to be meant"),
     # a spec too long to parse quickly
-    ("input 4\n" + "relu " * 30000, "longer than 131,072 characters"),
+    ("input 4\n" + "relu " * 15000, "longer than 65,536 characters"),
 ])
 def test_bounded(text, words):
     assert words in error_of(text).message
@@ -136,7 +136,7 @@ def test_what_is_not_a_spec_file_says_so(tmp_path, monkeypatch):
     os.mkfifo(tmp_path / "pipe.arch")
     assert "not a regular file" in error_of("pipe.arch").message  # never blocks reading it
     (tmp_path / "big.arch").write_text("relu " * 100_000)
-    assert "longer than 131,072 characters" in error_of("big.arch").message
+    assert "longer than 65,536 characters" in error_of("big.arch").message
 
 
 def test_includes_are_arch_files_and_name_their_includer(tmp_path, monkeypatch):
