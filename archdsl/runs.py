@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import time
+import zipfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping
 
@@ -276,13 +277,16 @@ class RunDir:
 
     def load_checkpoint(self, which: str = "last") -> dict[str, Any]:
         path = self.checkpoint(which)
+        if path.parent.exists() and not path.parent.is_dir():
+            raise ArchError("expected the checkpoints folder here, found a file", where=str(path.parent),
+                            notes=("move it away; then restore the folder from a copy, or start a new run",))
         if not path.exists():
             if which == "best":
-                hint = "the run stopped before its first epoch ended; resume it to train"
-            else:
-                hint = ("the run stopped before its first checkpoint was written, so there is nothing to resume; "
-                        "run the same command again (--out takes this directory back)")
-            raise ArchError(f"no {which} checkpoint in this run ({hint})", where=str(path))
+                raise ArchError("no best checkpoint in this run (the run stopped before its first epoch ended; "
+                                "resume it to train)", where=str(path))
+            raise ArchError("no last checkpoint in this run, so there is nothing to resume", where=str(path),
+                            notes=("a run stopped before its first checkpoint: run the same command again "
+                                   "(--out takes back a directory that holds only spec.arch and config.json)",))
         return load_checkpoint(path)
 
 
@@ -299,6 +303,10 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """
     path = Path(path)
     _check_file(path, "a checkpoint")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip: anything else is cut short, or not a checkpoint
+        size = path.stat().st_size if path.exists() else 0
+        raise ArchError(f"cannot load this checkpoint: not a torch.save file ({size:,} bytes; cut short, or "
+                        f"something else)", where=str(path), notes=(DAMAGED_CHECKPOINT,))
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # truncated, not a checkpoint, or holding objects weights_only refuses

@@ -73,8 +73,8 @@ class ListOf(Schema):
 
     @property
     def expected(self) -> str:
-        size = f" of {self.least} to {self.most}" if self.most is not None else ""
-        return f"a list{size} of {self.item.expected}"
+        size = f" of {self.least} to {self.most} items" if self.most is not None else ""
+        return f"a list{size}, each {self.item.expected}"
 
     def check(self, value: Any, path: str) -> None:
         if not isinstance(value, (list, tuple)) or len(value) < self.least or (
@@ -92,7 +92,7 @@ class MapOf(Schema):
 
     @property
     def expected(self) -> str:
-        return f"an object of {self.value.expected}"
+        return f"an object whose values are each {self.value.expected}"
 
     def check(self, value: Any, path: str) -> None:
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):

@@ -370,7 +370,7 @@ class _Trainer:
             saved = run.read_config()
             state = run.load_checkpoint("last")
             model_or_spec, params, input_shape = _resume_inputs(run, saved, state, model_or_spec, params,
-                                                                input_shape)
+                                                                input_shape, notes)
         elif model_or_spec is None:
             raise ArchError("train needs a spec or a model (or resume=RUN_DIR to continue a run)")
         net = _network(model_or_spec, params, input_shape)
@@ -737,9 +737,10 @@ def _load_state(loop: _Loop, state: Mapping[str, Any], path: Path) -> None:
     fresh = loop.opt.state_dict()["param_groups"]
     for i, (old, new) in enumerate(zip(state["optimizer"]["param_groups"], fresh)):
         for k in ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize"):
-            if k in old and old[k] != new[k]:
-                raise ArchError(f"optimizer.param_groups[{i}].{k}: expected {new[k]!r} (this run's plain SGD), got "
-                                f"{old[k]!r}", where=str(path), notes=(DAMAGED_CHECKPOINT,))
+            if (k in old or k != "maximize") and old.get(k, "missing") != new[k]:  # maximize: not before torch 1.13
+                got = f"got {old[k]!r}" if k in old else "missing"
+                raise ArchError(f"optimizer.param_groups[{i}].{k}: expected {new[k]!r} (this run's plain SGD), {got}",
+                                where=str(path), notes=(DAMAGED_CHECKPOINT,))
     try:
         loop.opt.load_state_dict(state["optimizer"])
     except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:
@@ -776,22 +777,29 @@ def _resume_files(run: RunDir, saved: dict, records: list[EpochRecord], config: 
     run.write_config(saved)
 
 
-def _spec_file(run: RunDir) -> Path | None:
-    """The run's spec.arch; None for a run that trained a Python module (it has none)."""
-    if not run.spec.exists():
+def _spec_source(run: RunDir, state: Mapping[str, Any], notes: list[str], restore: bool = False) -> Path | str | None:
+    """The run's spec: spec.arch; where it is missing, the text the checkpoint holds (written back when
+    `restore`: a resume, which holds the lock); None for a run that trained a Python module."""
+    if run.spec.exists():
+        if not run.spec.is_file():
+            raise ArchError("expected the run's spec here, found a directory", where=str(run.spec),
+                            notes=("move it away; a resume then writes back the spec text the checkpoint holds",))
+        return run.spec
+    if not state["spec"]:
         return None
-    if not run.spec.is_file():
-        raise ArchError("expected the run's spec here, found a directory", where=str(run.spec),
-                        notes=("move it away and put the spec back (the checkpoint holds its text as 'spec')",))
-    return run.spec
+    notes.append(f"spec.arch is missing: using the spec text the checkpoint holds{' (written back)' * restore}")
+    if restore:
+        run.write_spec(state["spec"])
+        return run.spec
+    return state["spec"]
 
 
 def _resume_inputs(run: RunDir, saved: dict, state: Mapping[str, Any], model_or_spec: Any, params: dict,
-                   input_shape: Any):
+                   input_shape: Any, notes: list[str]):
     """The spec, params and input shape a resumed run is rebuilt with: the saved ones unless given."""
     spec_info = saved["spec"]
     if model_or_spec is None:
-        model_or_spec = _spec_file(run)
+        model_or_spec = _spec_source(run, state, notes, restore=True)
         if model_or_spec is None:
             raise ArchError("this run trained a Python nn.Module (it has no spec.arch); pass the same module "
                             "to archdsl.train(module, resume=...) to continue it", where=str(run.path))
@@ -920,13 +928,14 @@ def evaluate_run(run_dir: str | os.PathLike[str], which: str = "best", *, device
                         f"not {batch_size!r}")
     run = RunDir.open(run_dir)
     saved = run.read_config()
-    spec_file = _spec_file(run)
-    if spec_file is None:
-        raise ArchError("this run trained a Python nn.Module (it has no spec.arch); evaluate it in Python",
-                        where=str(run.path))
     dev = resolve_device(device)
     notes: list[str] = []
     state, path = _checkpoint_to_measure(run, which, notes)
+    spec = _spec_source(run, state, notes)
+    if spec is None:
+        raise ArchError("this run trained a Python nn.Module (it has no spec.arch); evaluate it in Python",
+                        where=str(run.path))
+    display = str(spec) if isinstance(spec, Path) else "<spec text>"
     recipe = _saved_recipe(saved, state, notes)
     shape = tuple(saved["spec"]["input_shape"])
     params = saved["spec"]["params"]
@@ -937,9 +946,9 @@ def evaluate_run(run_dir: str | os.PathLike[str], which: str = "best", *, device
     config = TrainConfig(**{k: recipe[k] for k in RECIPE_KEYS}, device=device)
     if batch_size is not None:
         config = replace(config, batch_size=batch_size)
-    net = _Network("", str(spec_file), None, None)
+    net = _Network("", display, None, None)
     image_shape, n_train, n_test = D.planned(recipe["dataset"], synth)
-    summary = trace(spec_file, shape, **params)
+    summary = trace(spec, shape, **params)
     trained = saved["runtime"]
     same_kind = trained["device"].split(":")[0] == dev.type
     if same_kind:  # measure as training did
@@ -949,9 +958,9 @@ def evaluate_run(run_dir: str | os.PathLike[str], which: str = "best", *, device
     need = M.need(summary, summary.total_params, image_shape, shape, n_train + n_test,
                   min(config.batch_size, n_test), amp=use_amp, training=False,
                   synthetic=n_train if recipe["dataset"] == "synthetic" else 0)
-    M.check(need, dev, "evaluating", net.display)
-    model = build(spec_file, shape, **params)
-    _check_same_network(state, repr(model), run, str(spec_file))
+    M.check(need, dev, "evaluating", display if isinstance(spec, Path) else None)
+    model = build(spec, shape, **params)
+    _check_same_network(state, repr(model), run, display)
     _load_model(model, state["model"], path)
     data = D.load(recipe["dataset"], root, download=download, shape=synth)
     size, shape = _input_size(data.image_shape, data.name, config, net)

@@ -609,3 +609,20 @@ def test_eval_uses_the_checkpoints_recipe_and_says_when_config_disagrees(finishe
     assert "note: config.json's recipe differs from the checkpoint's (dataset 'fashion-mnist' in config.json, " \
            "'synthetic' in the checkpoint); using the checkpoint's" in r.stderr
     assert "synthetic test images" in r.stdout
+
+
+def test_resume_repairs_what_the_checkpoint_holds(finished, tmp_path):
+    """A lost spec.arch and a lost recipe are in the checkpoint: a resume uses them, says so and writes them back."""
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    (run / "spec.arch").unlink()
+    config = json.loads((run / "config.json").read_text())
+    recipe = config.pop("recipe")
+    (run / "config.json").write_text(json.dumps(config))
+    r = cli("train", "--resume", run, "--epochs", "3")
+    assert r.exit_code == 0, r.output
+    assert "note: spec.arch is missing: using the spec text the checkpoint holds (written back)" in r.stdout
+    assert "note: config.json has no recipe; using the checkpoint's" in r.stdout
+    assert (run / "spec.arch").read_text() == SMALL
+    assert json.loads((run / "config.json").read_text())["recipe"] == {**recipe, "epochs": 3}
+    consistent(run)
