@@ -71,6 +71,10 @@ class Need:
         """The part a CUDA run needs in the CPU's memory: the model is built there, the data set read there."""
         return replace(self, weights=self.params * 4, activations=0, batch=0, training=False)
 
+    def on_device(self) -> Need:
+        """The part a CUDA run needs on the GPU: all but the synthetic set's making, which is done on the CPU."""
+        return replace(self, making=0)
+
 
 def _prod(xs: Iterable[int]) -> int:
     return math.prod(int(x) for x in xs)
@@ -146,8 +150,22 @@ def _cgroup_room() -> int | None:
     return None
 
 
-def check(n: Need, device: torch.device, what: str, where: str | None = None) -> None:
-    """Refuse a run whose estimate is beyond what the device has free, saying what it needs and what to lower."""
+def check(n: Need, device: torch.device, what: str, where: str | None = None, *, module: bool = False) -> None:
+    """Refuse a run whose estimate is beyond what the device has free, saying what it needs and what to lower.
+
+    On CUDA both memories are checked: the GPU's, and the CPU's, where a spec's model is built first
+    (`module`: a ready module, built already) and the data set is read.
+    """
+    if device.type != "cuda":
+        _check(n, device, what, where)
+        return
+    import torch
+
+    _check(n.on_device(), device, what, where)
+    _check(replace(n.on_host(), weights=0) if module else n.on_host(), torch.device("cpu"), what, where)
+
+
+def _check(n: Need, device: torch.device, what: str, where: str | None) -> None:
     have = available(device)
     if have is None or n.total <= have[0]:
         return

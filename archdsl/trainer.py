@@ -500,10 +500,7 @@ def _check_memory(net: _Network, shape: tuple[int, ...], image_shape: tuple[int,
     batch = min(config.batch_size, n_train if config.limit is None else min(n_train, config.limit))
     need = M.need(summary, params, image_shape, shape, n_train + n_test, batch, amp=amp,
                   synthetic=n_train if config.dataset == "synthetic" else 0)
-    where = net.display if net.path else None
-    M.check(need, dev, "training", where)
-    if dev.type == "cuda":  # the model is built, and the data read, on the CPU first
-        M.check(need.on_host(), torch.device("cpu"), "training", where)
+    M.check(need, dev, "training", net.display if net.path else None, module=net.module is not None)
 
 
 def _input_size(image_shape: tuple[int, ...], dataset: str, config: TrainConfig,

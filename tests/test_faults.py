@@ -269,6 +269,21 @@ def test_the_batch_that_fits_is_named_when_activations_are_too_large(monkeypatch
     archdsl.train(SPECS / "lenet.arch", **{**QUICK, "batch_size": fits, "limit": fits}, epochs=1)  # one step
 
 
+def test_on_cuda_the_gpu_and_the_cpu_are_each_checked(monkeypatch):
+    """The GPU holds the model, activations and data; the CPU builds the model and makes the data first."""
+    free = {"cuda": 8 << 30, "cpu": 1 << 30}
+    monkeypatch.setattr(memory, "available", lambda device: (free[device.type], f"{device} has"))
+    summary = trace(SPECS / "alexnet.arch")
+    need = memory.need(summary, summary.total_params, (1, 224, 224), (1, 224, 224), 2560, 128, synthetic=2048)
+    with pytest.raises(ArchError, match=r"training needs about 1.4\d GiB .* of memory on cpu, but cpu has 1 GiB"):
+        memory.check(need, torch.device("cuda", 0), "training")  # making the synthetic set: 1.15 GiB
+    free["cpu"] = 4 << 30
+    memory.check(need, torch.device("cuda", 0), "training")
+    free["cuda"] = 512 << 20
+    with pytest.raises(ArchError, match=r"of memory on cuda:0, but cuda:0 has 512 MiB free"):
+        memory.check(need, torch.device("cuda", 0), "training")
+
+
 @pytest.mark.parametrize("spec, params, shape, batch, most", [
     ("lenet.arch", {}, (1, 28, 28), 256, 0.1),
     ("alexnet.arch", {}, (1, 224, 224), 128, 1.5),
