@@ -6,12 +6,15 @@
         metrics.jsonl        one JSON object per finished epoch
         curves.png           train loss, train acc and test acc by epoch, like d2l's Animator
         checkpoints/last.pt  the state after the last finished epoch (model, optimizer, RNG, history)
-        checkpoints/best.pt  the same, at the epoch with the best test accuracy
+        checkpoints/best.pt  the same, at the epoch with the best test accuracy (a hard link to last.pt)
         model.pt             the final weights (a state_dict), once training has finished
+        .lock                held by the one process that writes the run (archdsl/lock.py)
 
 Every file is written to a temporary name and renamed into place, so a crash or Ctrl-C
-leaves the previous version whole. Checkpoints hold only tensors and plain containers,
-so they load with `torch.load(..., weights_only=True)`.
+leaves the previous version whole; a write that fails (a full disk, no permission) is a
+RunWriteError naming the file, with no temporary file left. Checkpoints hold only tensors
+and plain containers, so they load with `torch.load(..., weights_only=True)`; config.json and
+checkpoints are checked field by field when read (archdsl/schema.py).
 """
 
 from __future__ import annotations

@@ -56,6 +56,15 @@ def test_synthetic_is_deterministic_balanced_and_uint8():
 def test_synthetic_takes_the_requested_shape():
     d = D.load("synthetic", shape=(3, 32, 40))
     assert d.image_shape == (3, 32, 40) and d.test_x.shape[1:] == (3, 32, 40)
+    assert D.planned("synthetic", (3, 32, 40)) == ((3, 32, 40), len(d.train_y), len(d.test_y))  # known unread
+
+
+def test_each_data_sets_size_is_known_before_it_is_read(bare):
+    """What the memory check counts on before reading (the real Fashion-MNIST test checks it against the files)."""
+    assert D.planned("fashion-mnist") == D.planned("mnist") == ((1, 28, 28), 60_000, 10_000)
+    assert D.planned("cifar10") == ((3, 32, 32), 50_000, 10_000)
+    with pytest.raises(ArchError, match="unknown dataset"):
+        D.planned("imagenet")
 
 
 def test_limit_keeps_the_first_training_examples_and_the_whole_test_set():
@@ -143,6 +152,7 @@ def test_unknown_dataset_suggests_the_name():
 def test_real_fashion_mnist_loads_from_debians_files(real_fashion_mnist):
     d = real_fashion_mnist
     assert d.train_x.shape == (60000, 1, 28, 28) and d.test_x.shape == (10000, 1, 28, 28)
+    assert D.planned("fashion-mnist") == (d.image_shape, len(d.train_y), len(d.test_y))
     assert d.train_x.dtype == torch.uint8 and int(d.train_x.max()) == 255
     assert d.train_y[:10].tolist() == [9, 0, 0, 3, 0, 2, 7, 2, 5, 5]  # the published order
     assert torch.bincount(d.test_y).tolist() == [1000] * 10
