@@ -190,10 +190,11 @@ class RunDir:
         """config.json, every field checked (see archdsl/schema.py)."""
         path = self.config
         _check_file(path, "the run's config (JSON)")
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ArchError(f"expected a run's config (a few kB of JSON), found {show_bytes(size)}", where=str(path),
+                            notes=(DAMAGED_CONFIG,))
         try:
-            if path.stat().st_size > MAX_CONFIG_BYTES:
-                raise ArchError(f"expected a run's config (a few kB of JSON), found {show_bytes(path.stat().st_size)}",
-                                where=str(path))
             config = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise ArchError(f"cannot read the run's config: {e}", where=str(path),

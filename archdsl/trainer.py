@@ -450,34 +450,34 @@ class _Trainer:
         unsaved, running = False, start + 1  # running: the epoch a Ctrl-C interrupts
         curves = _Curves(run, config.epochs, Path(net.display).name)
         try:
-            with T.applied(model, tuned):  # the tuned layers' forward while training; torch's again after
-                for epoch in range(start + 1, config.epochs + 1):
-                    running = epoch
-                    self.reporter.epoch_start(epoch, config.epochs, loop.batches)
-                    with flush_denormals(dev):
-                        record = loop.epoch(epoch)
-                    best = not records or record.test_acc > max(r.test_acc for r in records)
-                    records.append(record)
-                    unsaved = True
-                    if ckpt is not None:
-                        ckpt.save(epoch, records, best=best)
-                        run.append_metrics(record.to_dict())
-                        curves.draw(records, last=epoch == config.epochs)
-                    unsaved, running = False, epoch + 1  # saved: a Ctrl-C from here on stops the next one
-                    self.reporter.epoch_end(record, config.epochs, best)
-            if run is not None:
-                curves.draw(records, last=True)  # a run completed on resume has drawn nothing yet
-                run.save_weights(model.state_dict())
-        except KeyboardInterrupt:
-            if ckpt is not None and unsaved:  # the epoch finished but was not saved yet
-                ckpt.save(len(records), records, best=records[-1] is history.best)
-            curves.draw(records, last=True)
-            raise Interrupted(running, len(records), history, history.run_dir, net.path) from None
-        except RunWriteError as e:
-            done = ckpt.saved if ckpt is not None else start
-            raise _with_notes(e, f"{run.checkpoint('last')} holds the state after epoch {done}: nothing finished "
-                                 f"is lost", f"once it can be written, resume with: archdsl train --resume {run.path}"
-                              ) from None
+            try:
+                with T.applied(model, tuned):  # the tuned layers' forward while training; torch's again after
+                    for epoch in range(start + 1, config.epochs + 1):
+                        running = epoch
+                        self.reporter.epoch_start(epoch, config.epochs, loop.batches)
+                        with flush_denormals(dev):
+                            record = loop.epoch(epoch)
+                        best = not records or record.test_acc > max(r.test_acc for r in records)
+                        records.append(record)
+                        unsaved = True
+                        if ckpt is not None:
+                            ckpt.save(epoch, records, best=best)
+                            run.append_metrics(record.to_dict())
+                            curves.draw(records, last=epoch == config.epochs)
+                        unsaved, running = False, epoch + 1  # saved: a Ctrl-C from here on stops the next one
+                        self.reporter.epoch_end(record, config.epochs, best)
+                if run is not None:
+                    curves.draw(records, last=True)  # a run completed on resume has drawn nothing yet
+                    run.save_weights(model.state_dict())
+            except KeyboardInterrupt:
+                if ckpt is not None and unsaved:  # the epoch finished but was not saved yet
+                    ckpt.save(len(records), records, best=records[-1] is history.best)
+                curves.draw(records, last=True)
+                raise Interrupted(running, len(records), history, history.run_dir, net.path) from None
+        except RunWriteError as e:  # while training, or while saving after a Ctrl-C
+            raise _with_notes(e, f"{run.checkpoint('last')} holds the state after epoch {ckpt.saved}: nothing "
+                                 f"finished is lost", f"once it can be written, resume with: archdsl train --resume "
+                                 f"{run.path}") from None
         self.reporter.end(history)
         return history
 

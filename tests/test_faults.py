@@ -152,6 +152,38 @@ def test_a_full_disk_mid_run_keeps_the_last_epoch_and_resumes(tmp_path, monkeypa
     consistent(tmp_path / "run")
 
 
+def test_a_full_disk_while_saving_after_ctrl_c_still_says_how_to_resume(tmp_path, monkeypatch):
+    real_save = torch.save
+    tries = []
+
+    def ctrl_c_then_full(obj, f):
+        if obj["epoch"] == 2:
+            tries.append(1)
+            if len(tries) == 1:
+                raise KeyboardInterrupt  # Ctrl-C while epoch 2 is saved; the handler's save then finds no space
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_save(obj, f)
+
+    monkeypatch.setattr(runs.torch, "save", ctrl_c_then_full)
+    with pytest.raises(ArchError) as info:
+        archdsl.train(SMALL, **QUICK, epochs=3, out=tmp_path / "run")
+    text = info.value.render()
+    assert "checkpoints/last.pt: error: cannot write the checkpoint: No space left on device" in text
+    assert "holds the state after epoch 1" in text and f"resume with: archdsl train --resume {tmp_path / 'run'}" in text
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["epoch"] == 1
+    assert leftovers(tmp_path / "run") == []
+
+
+def test_a_config_json_too_large_to_be_a_runs_is_not_read(finished, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    monkeypatch.setattr(runs, "MAX_CONFIG_BYTES", 100)
+    with pytest.raises(ArchError) as info:
+        evaluate_run(run)
+    assert re.fullmatch(r"expected a run's config \(a few kB of JSON\), found 1.\d+ KiB", info.value.message)
+    assert info.value.where == str(run / "config.json")
+
+
 def test_a_disk_full_from_the_start_leaves_nothing_that_blocks_a_retry(tmp_path, monkeypatch):
     disk = Disk(monkeypatch, free=0)
     r = cli("train", SMALL, *CLI_QUICK, "--epochs", "1", "--out", tmp_path / "run")
