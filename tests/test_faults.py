@@ -334,6 +334,28 @@ def test_the_d2l_networks_at_their_recipes_are_far_from_the_line(spec, params, s
     assert summary.total_params * 8 < need.total < most * 2**30
 
 
+# Ranges ----------------------------------------------------------------------------------------
+
+def test_a_train_line_value_out_of_range_names_the_spec_and_the_flag_that_overrides_it(tmp_path):
+    (tmp_path / "s.arch").write_text("input 1x28x28\ntrain synthetic epochs=2147483647 lr=0.1\nflatten linear(10)\n")
+    r = cli("train", tmp_path / "s.arch", "--out", tmp_path / "run")
+    assert r.exit_code == 2 and r.stderr.splitlines() == [
+        f"{tmp_path / 's.arch'}: error: epochs=2147483647 in the spec's train line: epochs must be a whole number "
+        "from 1 to 1,000,000", "  note: change it in the spec, or override it with --epochs 10"]
+    (tmp_path / "s.arch").write_text("input 1x28x28\ntrain synthetic epochs=2147483647 lr=1e9\nflatten linear(10)\n")
+    r = cli("train", tmp_path / "s.arch", "--epochs", "1", "--lr", "0.1", *CLI_QUICK, "--out", tmp_path / "run")
+    assert r.exit_code == 0, r.output  # flags override both
+    r = cli("train", tmp_path / "s.arch", "--epochs", "1", "--out", tmp_path / "run2")
+    assert r.exit_code == 2 and "lr=1000000000.0 in the spec's train line: lr must be a number above 0" in r.stderr
+    assert not (tmp_path / "run2").exists()
+
+
+def test_the_traced_batch_has_a_range_too():
+    r = cli("shapes", SMALL, "--batch", "99999999999999999999")
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert "'--batch'" in r.output and "1000000" in r.output  # click's words for a range differ by version
+
+
 # SIGTERM and two writers ----------------------------------------------------------------------
 
 def start(args, cwd):
