@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import threading
 from enum import Enum
 from typing import Any, Callable, List, NoReturn, Optional
 
@@ -222,8 +223,6 @@ class _StopSignals:
         return "interrupted" if self.signal == signal.SIGINT else f"stopped by {signal.Signals(self.signal).name}"
 
     def __enter__(self) -> _StopSignals:
-        import threading
-
         on_main = threading.current_thread() is threading.main_thread()  # only the main thread may set handlers
         self.previous = {s: signal.signal(s, self._stop) for s in (signal.SIGINT, signal.SIGTERM)} if on_main else {}
         return self
