@@ -279,7 +279,7 @@ class RunDir:
         with _writing(self.weights, "the final weights (removing the old ones)"):
             self.weights.unlink(missing_ok=True)
 
-    def load_checkpoint(self, which: str = "last") -> dict[str, Any]:
+    def load_checkpoint(self, which: str = "last", map_location: str | torch.device = "cpu") -> dict[str, Any]:
         path = self.checkpoint(which)
         if path.parent.exists() and not path.parent.is_dir():
             raise ArchError("expected the checkpoints folder here, found a file", where=str(path.parent),
@@ -291,7 +291,7 @@ class RunDir:
             raise ArchError("no last checkpoint in this run, so there is nothing to resume", where=str(path),
                             notes=("a run stopped before its first checkpoint: run the same command again "
                                    "(--out takes back a directory that holds only spec.arch and config.json)",))
-        return load_checkpoint(path)
+        return load_checkpoint(path, map_location)
 
 
 DAMAGED_CONFIG = ("this run's config.json is damaged: restore it from a copy, or start a new run "
@@ -300,10 +300,11 @@ DAMAGED_CHECKPOINT = ("this checkpoint is damaged: restore it from a copy, or st
                       "damaged one, checkpoints/best.pt may be copied over it (losing the epochs since)")
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """A checkpoint written by `RunDir.save_checkpoint`, on the CPU, every field checked.
+def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A checkpoint written by `RunDir.save_checkpoint`, every field checked.
 
-    Loaded with weights_only=True (no code runs) and memory-mapped (the tensors are read when used).
+    Loaded with weights_only=True (no code runs); onto the CPU, memory-mapped (the tensors are
+    read when used).
     """
     path = Path(path)
     _check_file(path, "a checkpoint")
@@ -312,7 +313,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ArchError(f"cannot load this checkpoint: not a torch.save file ({size:,} bytes; cut short, or "
                         f"something else)", where=str(path), notes=(DAMAGED_CHECKPOINT,))
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        state = torch.load(path, map_location=map_location, weights_only=True,
+                           mmap=torch.device(map_location).type == "cpu")
     except Exception as e:  # truncated, not a checkpoint, or holding objects weights_only refuses
         reason = " ".join(str(e).split())[:300]
         raise ArchError(f"cannot load this checkpoint: {type(e).__name__}: {reason}", where=str(path),
