@@ -10,6 +10,7 @@ import os
 from typing import TYPE_CHECKING, Any, Union
 
 from . import syntax as S
+from .errors import ArchError
 from .parser import parse
 from .plan import Plan, expand
 from .summary import Summary
@@ -28,6 +29,15 @@ def plan(spec: SpecLike, input_shape: ShapeLike = None, **params: Any) -> Plan:
     return expand(tree, params, parse_shape(input_shape) if input_shape is not None else None)
 
 
+def _traceable(spec: SpecLike, input_shape: ShapeLike, params: dict[str, Any]) -> Plan:
+    """The plan, refused before torch is imported when it has no input shape to trace with."""
+    resolved = plan(spec, input_shape, **params)
+    if resolved.input_shape is None:
+        raise ArchError("the spec has no input shape; add a line such as `input 1x28x28`, or pass --input "
+                        "(input_shape= in Python)", where=resolved.source.name)
+    return resolved
+
+
 def trace(spec: SpecLike, input_shape: ShapeLike = None, *, batch: int = 1, **params: Any) -> Summary:
     """The rows `archdsl shapes` prints: each layer's output shape and parameter count.
 
@@ -35,7 +45,7 @@ def trace(spec: SpecLike, input_shape: ShapeLike = None, *, batch: int = 1, **pa
     `input_shape` (C x H x W, e.g. (1, 28, 28) or "1x28x28") replaces the spec's
     `input`; keyword arguments set the spec's params (`ratio=4`).
     """
-    resolved = plan(spec, input_shape, **params)
+    resolved = _traceable(spec, input_shape, params)
     from .tracer import trace_plan  # torch, now that the spec is known to be sound
 
     return trace_plan(resolved, batch)[1]
@@ -47,7 +57,7 @@ def build(spec: SpecLike, input_shape: ShapeLike = None, **params: Any) -> nn.Se
     `spec` is a path to a .arch file or spec text; the other arguments are as for `trace`.
     Raises ArchError (a ValueError) with the place in the spec for any mistake.
     """
-    resolved = plan(spec, input_shape, **params)
+    resolved = _traceable(spec, input_shape, params)
     from .tracer import materialize, trace_plan  # torch, now that the spec is known to be sound
 
     net, _ = trace_plan(resolved)

@@ -184,6 +184,10 @@ def train(
     """
 
     def run() -> None:
+        if spec is not None:  # a mistake in the spec is told before the 2-second torch import
+            from .api import plan
+
+            plan(spec, input, **parse_sets(set_))
         from .progress import PlainReporter, RichReporter
         from .trainer import Interrupted
         from .trainer import train as train_model

@@ -11,8 +11,12 @@ compiler-style report the CLI prints::
 from __future__ import annotations
 
 import unicodedata
+import functools
 from dataclasses import dataclass, field
 from typing import Any
+
+
+ONELINE = 1000  # characters of a call quoted in a message or a row
 
 
 @dataclass(frozen=True, eq=False)
@@ -47,10 +51,11 @@ class Span:
     def where(self) -> str:
         return f"{self.source.name}:{self.line}:{self.column}"
 
-    @property
+    @functools.cached_property
     def oneline(self) -> str:
-        """The spanned text on one line, runs of white space as one space: how messages quote a call."""
-        return " ".join(self.text.split())
+        """The spanned text on one line, runs of white space as one space, at most ONELINE characters:
+        how messages and the shape table quote a call. Worked out once: a repeated call has many rows."""
+        return clip(" ".join(self.text[: 4 * ONELINE].split()), ONELINE)
 
     def cover(self, last: Span) -> Span:
         """From the start of this span to the end of `last`."""
@@ -100,8 +105,8 @@ class ArchError(ValueError):
         """`file:line:col: error: message`, the source line and a caret under the span; each error so."""
         out = [e._render_one() for e in self.errors]
         if len(self.errors) > 1:
-            out.append(f"{len(self.errors)} errors" + (f"; stopped after the first {MAX_ERRORS}" if self.truncated
-                                                        else ""))
+            out.append(f"{len(self.errors)} errors" + ("; stopped looking there, so there may be more"
+                                                        if self.truncated else ""))
         return "\n".join(out)
 
     def _render_one(self) -> str:
@@ -131,6 +136,7 @@ class ErrorLog:
     def __init__(self) -> None:
         self.errors: list[ArchError] = []
         self._seen: set[tuple[str, int, str]] = set()
+        self.stopped = False  # set when the search for mistakes ended early (a budget of work ran out)
 
     def record(self, error: ArchError) -> None:
         for e in error.errors:
@@ -144,7 +150,7 @@ class ErrorLog:
 
     def check(self) -> None:
         if self.errors:
-            raise combine(self.errors)
+            raise combine(self.errors, self.stopped)
 
 
 class SpecSyntaxError(ArchError):
@@ -204,4 +210,6 @@ def _width(c: str) -> int:
     shown = visible(c)
     if shown != c:
         return len(shown)
+    if unicodedata.combining(c) or unicodedata.category(c) in ("Mn", "Me"):
+        return 0  # an accent drawn over the character before it
     return 2 if unicodedata.east_asian_width(c) in ("W", "F") else 1

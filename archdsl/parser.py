@@ -16,7 +16,7 @@ from lark.visitors import Transformer_NonRecursive
 
 from . import syntax as S
 from .errors import ArchError, ErrorLog, Source, Span, SpecSyntaxError, clip
-from .limits import LIMITS, limit, raise_hint, too_large
+from .limits import LIMITS, limit, raise_hint, too_large, whole
 from .values import did_you_mean
 
 
@@ -96,8 +96,8 @@ def read_spec(path: FsPath, name: str, span: Span | None = None) -> str:
     most = limit("spec_chars")
     try:
         mode = path.stat().st_mode
-        if stat.S_ISREG(mode):
-            with open(path, "rb") as f:
+        if stat.S_ISREG(mode):  # non-blocking: a kernel file such as /proc/kmsg says regular, then waits
+            with os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as f:
                 data = f.read(4 * most + 4)  # UTF-8 takes at most 4 bytes a character
     except FileNotFoundError:
         raise ArchError(f"no such spec file{about}{_nearby(path)}", span, where=where) from None
@@ -164,6 +164,8 @@ def parse_source(source: Source) -> S.Spec:
             start, end = _statement_around(text, error.span.start)
             blanked = text[:start] + "".join(c if c == "\n" else " " for c in text[start:end]) + text[end:]
             budget -= len(text)
+            if budget < 0:
+                log.stopped = True
             if at_end or blanked == text or budget < 0:
                 break
             text = blanked
@@ -181,7 +183,7 @@ def parse_source(source: Source) -> S.Spec:
     raise AssertionError("unreachable: the loop ends with an error")  # pragma: no cover
 
 
-_RECOVERY_BUDGET = 200_000
+_RECOVERY_BUDGET = 100_000
 
 # Rules that nest: a bracket (arguments, a path, a repeat, a choice, a tuple, a function's
 # arguments, a block's body) or an operator. What follows the parse recurses once per level.
@@ -262,7 +264,7 @@ class _ToSyntax(Transformer_NonRecursive):
             self.log.record(SpecSyntaxError(f"input {clip(shape, 40)}: a size above {limit('size'):,} is too large "
                                             f"to be meant", self.sp(meta)))
             return S.InputStmt((1,), self.sp(meta))
-        return S.InputStmt(tuple(int(d) for d in shape.split("x")), self.sp(meta))
+        return S.InputStmt(tuple(whole(d) for d in shape.split("x")), self.sp(meta))
 
     def include_stmt(self, meta, target):
         quoted = target.type == "STRING"
@@ -319,7 +321,7 @@ class _ToSyntax(Transformer_NonRecursive):
         if any(too_large(d) for d in sizes):
             self.log.record(SpecSyntaxError(f"tag {clip(tok, 40)} is too large to be meant", self.sp(meta)))
             sizes = ["1"] * len(sizes)
-        value = tuple(int(d) for d in sizes)
+        value = tuple(whole(d) for d in sizes)
         return S.Tag(tok[0], value[0] if len(value) == 1 else value, self.sp(meta))
 
     def path_arg(self, meta, path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from collections import ChainMap
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
@@ -159,7 +160,7 @@ class Scope:
     defaults: Mapping[str, Bound]
 
     def let(self, **names: Any) -> Scope:
-        return Scope({**self.env, **names}, self.defaults)
+        return Scope(ChainMap(names, self.env), self.defaults)  # not a copy: a repeat's index is set each step
 
 
 def expand(spec: S.Spec, overrides: Mapping[str, Any] | None = None,
@@ -175,7 +176,7 @@ def _display(path: Path) -> str:
     """A path as short as it can be said: relative to the working directory when inside it."""
     try:
         return str(path.relative_to(Path.cwd()))
-    except ValueError:
+    except (ValueError, OSError):  # outside it, or it was deleted
         return str(path)
 
 
@@ -197,11 +198,14 @@ class _Expander:
         self.foreign: set[str] = set()  # blocks from included files: they see no params of this spec
         self.seen: dict[str, Span] = {}  # every defined name, for duplicates
         self.included: set[Path] = set()
+        self.included_chars = 0  # of all included files: each is bounded, and so are they together
+        self.files: dict[str, Path] = {}  # source name -> its file, which quoted includes are relative to
         self.defaults_of: dict[str, dict[str, Bound]] = {}  # file name -> its top-level `default`s
         self.stack: list[str] = []  # blocks being expanded, to catch recursion
         self.calls: list[str] = []  # notes naming the block calls that led to the current item
         self.count = 0  # layers unrolled
-        self.work = 0  # items expanded, layers or not
+        self.work = 0  # syntax nodes expanded, in layers or not (see `_weight`)
+        self.weights: dict[int, int] = {}
         self.depth = 0  # blocks, joins, repeats and choices being expanded within one another
         self.reads_input: dict[str, bool] = {}
         self.acyclic: set[str] = set()  # blocks whose calls were followed and never lead back to them
@@ -212,6 +216,7 @@ class _Expander:
         src = self.spec.source
         inputs, trains, params, defaults, layer_stmts = [], [], [], [], []
         home = (Path(src.name).resolve(),) if src.name != "<string>" else ()
+        self.files.update({src.name: home[0]} if home else {})
         for st in self.spec.statements:
             if isinstance(st, S.InputStmt):
                 inputs.append(st)
@@ -292,6 +297,11 @@ class _Expander:
         self.included.add(path)
         name = f"stdlib/{path.name}" if path.parent == STDLIB else _display(path)
         text = read_spec(path, name, st.span)
+        self.files[name] = path
+        self.included_chars += len(text)
+        if self.included_chars > limit("spec_chars"):
+            raise TooLarge(f"the included files are longer than {limit('spec_chars'):,} characters together, the most "
+                           f"archdsl reads{raise_hint('spec_chars')}", st.span)
         try:
             tree = _parse_included(name, text)
         except ArchError as e:  # its mistakes are in the included file: say which spec brought it in
@@ -311,8 +321,7 @@ class _Expander:
                                           "files", inner.span, notes=(f"included at {st.span.where}",)))
         self.defaults_of[name] = self._defaults(defaults, Scope({}, {}))
 
-    @staticmethod
-    def _resolve(st: S.IncludeStmt) -> Path:
+    def _resolve(self, st: S.IncludeStmt) -> Path:
         """`include NAME` is the standard library's NAME.arch; `include "file.arch"` is relative to the includer."""
         library = sorted(p.stem for p in STDLIB.glob("*.arch"))
         if not st.quoted:
@@ -325,13 +334,11 @@ class _Expander:
         if not st.target.endswith(".arch"):
             raise ArchError(f"include takes a spec file ending in .arch, not {clip(st.target, 60)!r}", st.span)
         source = st.span.source.name
-        base = STDLIB if source.startswith("stdlib/") else Path.cwd()
         try:
-            if not source.startswith("stdlib/") and source != "<string>":
-                base = Path(source).resolve().parent
+            base = self.files[source].parent if source in self.files else Path.cwd()  # spec text: where it runs
             path = (base / st.target).resolve()
             found = path.exists()
-        except (OSError, ValueError, RuntimeError) as e:  # a NUL in the name, a symlink loop
+        except (OSError, ValueError, RuntimeError) as e:  # a NUL in the name, a symlink loop, a deleted directory
             reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             raise ArchError(f"cannot include {clip(st.target, 60)!r}: {reason}", st.span) from None
         if not found:
@@ -428,12 +435,28 @@ class _Expander:
         return out
 
     def _item(self, item: S.Item, scope: Scope) -> list[Step]:
-        self.work += 1
+        self.work += self._weight(item)
         if self.work > limit("expansions"):
             raise TooLarge(f"the spec takes more than {limit('expansions'):,} steps to unroll; check the repeat counts",
                            item.span)
         with self._deeper(item.span):
             return self._expand_item(item, scope)
+
+    def _weight(self, item: S.Item) -> int:
+        """The work of expanding an item once: its syntax nodes, without the paths it holds (they count as they
+        are expanded). A long argument list evaluated in a repeat costs in proportion."""
+        key = id(item)
+        if key not in self.weights:
+            count, todo = 0, [item]
+            while todo:
+                node = todo.pop()
+                count += 1
+                if isinstance(node, tuple):
+                    todo += node
+                elif hasattr(node, "__dataclass_fields__") and not isinstance(node, (Span, Source, S.Path)):
+                    todo += [getattr(node, f) for f in node.__dataclass_fields__]
+            self.weights[key] = count
+        return self.weights[key]
 
     @contextlib.contextmanager
     def _deeper(self, span: Span) -> Iterator[None]:
@@ -583,14 +606,14 @@ class _Expander:
         depth = self.depth
 
         def later(shape: tuple[int, ...]) -> tuple[Step, ...]:
-            # Each expansion is bounded on its own, from the depth of its call; the tracer bounds the
-            # layers of the whole model.
-            saved = self.count, self.work, self.depth
-            self.count, self.work, self.depth = 0, 0, depth
+            # Its layers are bounded on their own, from the depth of its call (the tracer bounds the
+            # layers of the whole model); its work counts toward the whole spec's.
+            saved = self.count, self.depth
+            self.count, self.depth = 0, depth  # the work is the whole spec's, shared by every expansion
             try:
                 steps = body(shape)
             finally:
-                self.count, self.work, self.depth = saved
+                self.count, self.depth = saved
             self.log.check()
             return steps
 

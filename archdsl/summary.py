@@ -97,7 +97,7 @@ class Summary:
                     f"Output: {show_shape(self.output_shape)}"]
         else:
             out.append(f"Params up to the failing layer: {self.total_params:,}")
-        return "\n".join(out)
+        return printable("\n".join(out))  # file names too may hold control characters
 
     def _at(self, row: Row) -> str:
         """line:col in the spec; file:line:col for a layer of an included file."""
@@ -129,7 +129,7 @@ LAYER_WIDTH = 64  # the table's layer column; JSON and the rows keep the whole t
 
 def _cell(text: str) -> str:
     """A call or path for the layer column: safe to print, cut to its width: `inverted_residual(40, k5, s2, …`."""
-    return clip(printable(text), LAYER_WIDTH)
+    return clip(printable(text[: 2 * LAYER_WIDTH]), LAYER_WIDTH)
 
 
 _SQUARE = re.compile(r"\((\d+)(?:, \1)+\)")  # (3, 3) -> 3

@@ -18,7 +18,7 @@ from .limits import limit, raise_hint
 from .plan import TOO_DEEP, BlockStep, LayerStep, PathStep, Plan, Step
 from .registry import ShapeProblem
 from .summary import Row, Summary
-from .values import show_shape
+from .values import show_shape, whole_number
 
 
 def trace_plan(plan: Plan, batch: int = 1) -> tuple[nn.Sequential, Summary]:
@@ -27,10 +27,7 @@ def trace_plan(plan: Plan, batch: int = 1) -> tuple[nn.Sequential, Summary]:
     Raises ShapeError at the first layer that cannot take its input, with the rows
     traced up to it in `error.summary`.
     """
-    if plan.input_shape is None:
-        raise ArchError("the spec has no input shape; add a line such as `input 1x28x28`, or pass --input (input_shape= in Python)",
-                        where=plan.source.name)
-    if not 1 <= batch <= limit("size"):
+    if whole_number(batch, "a batch size") < 1:
         raise ArchError(f"batch size must be from 1 to {limit('size'):,}, not {batch}", where=plan.source.name)
     input_shape = (batch, *plan.input_shape)
     if math.prod(input_shape) >= _MOST_ELEMENTS:
@@ -177,7 +174,13 @@ def materialize(net: nn.Module, device: str | torch.device = "cpu") -> nn.Module
     those of the same nn.Sequential written by hand. A module that initialises its
     submodules itself, in its own order (`resets_submodules`), is left to do so.
     """
-    net.to_empty(device=device)
+    try:
+        net.to_empty(device=device)
+    except RuntimeError as e:  # the allocator's "can't allocate memory", or CUDA's out of memory
+        size = sum(t.numel() * t.element_size() for t in (*net.parameters(), *net.buffers()))
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ArchError(f"the model's weights need {size / 2 ** 30:,.2f} GiB ({size:,} bytes) on {device}, "
+                        f"which it cannot give: {reason}") from None
     skip: list[str] = []  # prefixes of submodules a parent has initialised
     with torch.no_grad():
         for name, m in net.named_modules():

@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping, Union
 
 from . import syntax as S
 from .errors import ArchError, Span, clip
-from .limits import limit, too_large
+from .limits import limit, too_large, whole
 
 Value = Union[Fraction, bool, str, tuple]
 
@@ -237,10 +237,13 @@ def from_python(name: str, v: Any) -> Value:
         if len(text) > limit("digits") or (exponent and abs(int(exponent.group(1))) > limit("digits")):
             raise ArchError(f"param {name}: {clip(text, 40)} has more than {limit('digits')} digits, more than a "
                             f"number a network needs")
-        try:
-            return check_digits(Fraction(text), f"param {name}")
-        except (ValueError, ZeroDivisionError):
-            pass
+        if text.isascii():  # Fraction would take other scripts' digits, which a spec does not
+            try:
+                exact = Fraction(text)
+            except (ValueError, ZeroDivisionError):
+                exact = None
+            if exact is not None:
+                return check_digits(exact, f"param {name}")
     raise ArchError(f"param {name}: {clip(repr(v), 60)} is not a number or true/false")
 
 
@@ -268,14 +271,32 @@ def parse_shape(text: str | tuple[int, ...] | list[int]) -> tuple[int, ...]:
                             f"(the batch is left out)")
         if any(too_large(p) for p in parts):
             raise ArchError(f"input shape {clip(text, 60)}: a size above {limit('size'):,} is too large to be meant")
-        dims = tuple(int(p) for p in parts)
+        dims = tuple(whole(p) for p in parts)
     else:
-        dims = tuple(int(d) for d in text)
-        if any(d > limit("size") for d in dims):
-            raise ArchError(f"input shape {text!r}: a size above {limit('size'):,} is too large to be meant")
+        dims = tuple(whole_number(d, "an input size") for d in _items(text))
     if not dims or any(d < 1 for d in dims):
-        raise ArchError(f"input shape {clip(repr(text), 60)} must have positive sizes, e.g. 1x28x28")
+        raise ArchError(f"input shape {show_shape(dims)} must have positive sizes, e.g. 1x28x28")
     return dims
+
+
+def _items(shape: Any) -> tuple[Any, ...]:
+    if not isinstance(shape, (tuple, list)):
+        raise ArchError(f"an input shape is text such as '1x28x28' or a tuple such as (1, 28, 28), "
+                        f"not a {type(shape).__name__}")
+    return tuple(shape)
+
+
+def whole_number(v: Any, what: str) -> int:
+    """A whole number given from Python (an int or anything indexable as one: numpy's), within the size limit."""
+    try:
+        n = operator.index(v) if not isinstance(v, bool) else None
+    except TypeError:
+        n = None
+    if n is None:
+        raise ArchError(f"{what} must be a whole number, not {clip(repr(v), 40)} (a {type(v).__name__})")
+    if n > limit("size"):
+        raise ArchError(f"{what} above {limit('size'):,} is too large to be meant")
+    return n
 
 
 # Kinds of argument values ---------------------------------------------------

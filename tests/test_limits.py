@@ -79,13 +79,18 @@ def test_the_layer_limit_can_be_raised(monkeypatch):
     monkeypatch.setenv("ARCHDSL_MAX_LAYERS", "100")
     assert len(archdsl.trace(text).rows) == 60
     monkeypatch.setenv("ARCHDSL_MAX_LAYERS", "lots")
-    assert "$ARCHDSL_MAX_LAYERS must be a positive whole number" in error_of(text).message
+    assert "$ARCHDSL_MAX_LAYERS must be a whole number of layers from 1 to 1,000,000" in error_of(text).message
 
 
 @pytest.mark.parametrize("kw, words", [
     (dict(input_shape=(1, 10 ** 30, 28)), "too large to be meant"),
     (dict(input_shape="²x28x28"), "is not of the form CxHxW"),
-    (dict(batch=10 ** 20), "batch size must be from 1 to 999,999,999"),
+    (dict(batch=10 ** 20), "a batch size above 999,999,999 is too large to be meant"),
+    (dict(batch=1.5), "a batch size must be a whole number"),
+    (dict(input_shape=b"1x28x28"), "an input shape is text such as"),
+    (dict(input_shape=(1.9, 28, 28)), "an input size must be a whole number"),
+    (dict(input_shape=(10 ** 5000, 28, 28)), "an input size above 999,999,999"),
+    (dict(batch=10 ** 5000), "a batch size above 999,999,999"),
     (dict(ratio="1e999999999"), "has more than 300 digits"),
     (dict(ratio="1e-5000"), "has more than 300 digits"),
     (dict(ratio=10 ** 400), "has more than 300 digits"),
@@ -169,3 +174,112 @@ def test_flags_are_bounded(args, words):
     assert result.exit_code == 2 and words in result.output and result.exception is None or \
         isinstance(result.exception, SystemExit)
     assert "Traceback" not in result.output
+
+
+# Found by a hostile trial ------------------------------------------------------------
+
+@pytest.mark.parametrize("text, words", [
+    # a block that reads its input is unrolled once per call; its work is the whole spec's
+    ("input 8; block b { [[if false [relu]] * 5000 as i] * 39 as j linear(input.features) }; [b] * 100",
+     "steps to unroll"),
+    # one step can be long: its arguments count
+    ("input 4\n[[if max(" + ",".join(["1"] * 20000) + ") > 5 [relu]] * 5000 as i] * 39 as j\nrelu", "steps to unroll"),
+    ("input 1\n[reshape(" + "1," * 3000 + "1) reshape(1)] * 2000 as i", "steps to unroll"),
+    ("input " + "0" * 5000 + "1x28; relu", None),
+    ("input 1x8x8; conv(4, k" + "0" * 5000 + "1)", None),
+])
+def test_hostile(text, words):
+    start = time.perf_counter()
+    try:
+        archdsl.trace(text)
+    except ArchError as e:
+        assert words is None or words in e.message, e.message
+    else:
+        assert words is None
+    assert time.perf_counter() - start < 5
+
+
+def test_many_params_do_not_slow_a_repeat():
+    start = time.perf_counter()
+    text = "input 4\n" + "".join(f"param p{i} = 1\n" for i in range(3000)) + "[[if false [relu]] * 100 as i] * 100\nrelu"
+    assert len(archdsl.trace(text).rows) == 1 and time.perf_counter() - start < 5
+
+
+def test_a_long_call_repeated_is_quoted_short():
+    text = "input 4\n[dropout( # " + "x" * 60000 + "\n 0.5)] * 2000\n"
+    start = time.perf_counter()
+    summary = archdsl.trace(text)
+    assert len(summary.table()) < 400_000 and len(str(summary.to_dict())) < 5_000_000
+    assert time.perf_counter() - start < 5
+
+
+def test_includes_are_bounded_together(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for i in range(3):
+        (tmp_path / f"b{i}.arch").write_text(f"block b{i} {{ relu }}\n" + "# padding\n" * 3000)
+    e = error_of("input 4\n" + "".join(f'include "b{i}.arch"\n' for i in range(3)) + "relu")
+    assert "the included files are longer than 65,536 characters together" in e.message
+
+
+def test_an_include_from_a_folder_named_stdlib_is_the_users(tmp_path, monkeypatch):
+    (tmp_path / "stdlib").mkdir()
+    (tmp_path / "stdlib" / "blocks.arch").write_text("block mine { relu }\n")
+    (tmp_path / "stdlib" / "net.arch").write_text('input 4\ninclude "blocks.arch"\nmine\n')
+    monkeypatch.chdir(tmp_path)
+    assert len(archdsl.trace("stdlib/net.arch").rows) == 2
+
+
+def test_a_deleted_working_directory_is_an_error(tmp_path, monkeypatch):
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    assert "cannot include" in error_of('input 4; include "x.arch"; relu').message
+
+
+def test_many_syntax_errors_stay_quick_and_say_they_stopped():
+    text = "input 4\n" + "relu )\n" * 300 + "relu\n" * 4000
+    start = time.perf_counter()
+    e = error_of(text)
+    assert time.perf_counter() - start < 5
+    assert len(e.errors) < 20 and "stopped looking there, so there may be more" in e.render()
+
+
+@pytest.mark.parametrize("value", ["9" * 5000, "1000000000000", "0"])
+def test_limits_raised_past_their_ceiling_are_refused(monkeypatch, value):
+    monkeypatch.setenv("ARCHDSL_MAX_SPEC_CHARS", value)
+    assert "$ARCHDSL_MAX_SPEC_CHARS must be a whole number of characters in a spec file from 1 to 16,777,216" in \
+        error_of("input 4\nrelu").message
+
+
+def test_build_says_what_the_weights_would_need():
+    with pytest.raises(ArchError, match=r"the model's weights need [\d,.]+ GiB \(3,999,999,996,000,000,000 bytes\)"):
+        archdsl.build("input 999999999; linear(999999999)")
+
+
+def test_control_characters_in_file_names_are_escaped_in_the_table(tmp_path):
+    spec = tmp_path / "bell\x07\x1bc.arch"
+    spec.write_text("input 4\nrelu\n")
+    table = archdsl.trace(spec).table()
+    assert "\x07" not in table and "\x1b" not in table and "bell\\x07\\x1bc.arch" in table
+
+
+def test_combining_marks_keep_the_caret_under_the_mistake():
+    report = error_of('input 4\ninclude "e\u0301\u0301\u0301.arch" conw\n').render()
+    excerpt, caret = report.splitlines()[1:3]
+    assert caret.index("^") - caret.index("|") == excerpt.index("conw") - excerpt.index("|") - 3
+
+
+def test_train_reports_a_spec_mistake_without_importing_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom typer.testing import CliRunner\nfrom archdsl.cli import app\n"
+            "r = CliRunner().invoke(app, ['train', 'input 4; conv('])\n"
+            "print(r.exit_code, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["2", "False"]
+
+
+def test_leading_zeros_are_not_digits_that_count():
+    assert archdsl.trace("input 1x28x28\nrelu", input_shape="0" * 5000 + "1x28x28").input_shape == (1, 1, 28, 28)
