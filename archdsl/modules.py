@@ -211,7 +211,8 @@ class LayerScale(nn.Module):
         super().__init__()
         self.init = init
         self.scale = nn.Parameter(torch.empty(shape))
-        self.reset_parameters()
+        if not self.scale.is_meta:  # meta holds no values; `tracer.materialize` initialises it
+            self.reset_parameters()
 
     def reset_parameters(self) -> None:
         nn.init.constant_(self.scale, self.init)
@@ -231,7 +232,8 @@ class ClassToken(nn.Module):
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.token = nn.Parameter(torch.empty(1, 1, dim))
-        self.reset_parameters()
+        if not self.token.is_meta:  # meta holds no values; `tracer.materialize` initialises it
+            self.reset_parameters()
 
     def reset_parameters(self) -> None:
         nn.init.zeros_(self.token)
@@ -250,7 +252,8 @@ class PositionEmbedding(nn.Module):
         super().__init__()
         self.std = std
         self.embedding = nn.Parameter(torch.empty(1, length, dim))
-        self.reset_parameters()
+        if not self.embedding.is_meta:  # meta holds no values; `tracer.materialize` initialises it
+            self.reset_parameters()
 
     def reset_parameters(self) -> None:
         nn.init.normal_(self.embedding, std=self.std)
