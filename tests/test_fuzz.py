@@ -52,7 +52,7 @@ PIECES = list("()[]{},=*/+-;#\n x0123456789kspdg._\"<>!") + [
     "linear(8, pointwise=true)", "droppath(0.1)", "layerscale(1e-6)", "classtoken", "posembedding",
     "attention(2)", "token(0)", "include mobilenet\n", "include transformer\n"]
 
-TIMEOUT_S = float(os.environ.get("ARCHDSL_FUZZ_TIMEOUT", 5))  # a case that computes longer (CPU seconds) is a hang
+TIMEOUT_S = float(os.environ.get("ARCHDSL_FUZZ_TIMEOUT", 8))  # a case that computes longer (CPU seconds) is a hang
 WAIT_FACTOR = 3  # a case that waits this many times TIMEOUT_S on the clock is a hang too
 MEMORY_MB = 1024  # a case that grows the worker by more is a runaway allocation
 
@@ -818,10 +818,25 @@ def _check_head(name: str, line: int, col: int, after: list[str], text: str) -> 
     return problems
 
 
+def _columns(c: str) -> int:
+    """Terminal columns a character takes: none for a combining mark, two for a wide (CJK) one."""
+    if unicodedata.combining(c) or unicodedata.category(c) in ("Mn", "Me"):
+        return 0
+    return 2 if unicodedata.east_asian_width(c) in ("W", "F") else 1
+
+
 def _caret_ok(shown: str, at: int, expected: str, col: int) -> bool:
+    columns = 0  # the caret's column -> the character of `shown` drawn there
+    for i, ch in enumerate(shown):
+        if columns >= at and _columns(ch):
+            at = i
+            break
+        columns += _columns(ch)
+    else:
+        at = len(shown) if columns <= at else at
     c = expected[col - 1]
-    if not expected[col - 1:].strip() or not _visible(expected[col - 1:]):
-        return True  # at the end of the line: nothing to point at
+    if not expected[col - 1:].strip() or not _visible(expected[col - 1:]) or not _columns(c):
+        return True  # at the end of the line, or a mark drawn over the character before: nothing to point at
     if c.isprintable() and not c.isspace():
         return at < len(shown) and shown[at] == c
     if at >= len(shown):
