@@ -4,7 +4,7 @@
 
 The promise: any spec text, any include, any flag value of `archdsl shapes` gives a result
 or an `archdsl.ArchError` (exit code 2), never another exception, never a hang (--timeout,
-5 CPU seconds a case), never more than --memory-mb (1024) of memory, and every error's excerpt shows
+8 CPU seconds a case), never more than --memory-mb (1024) of memory, and every error's excerpt shows
 the line its `file:line:col` names. Cases come from the generators in tests/test_fuzz.py
 (the whole grammar, mutations of the specs, deep nesting, huge numbers, odd characters,
 includes, the CLI's flags, the API's arguments), each run in a worker process.
