@@ -38,7 +38,6 @@ from .memory import show_bytes
 from .schema import CHECKPOINT, CONFIG, validate
 
 CHECKPOINT_FORMAT = 1
-CHECKPOINTS = ("last", "best")
 MAX_CONFIG_BYTES = 16 << 20  # config.json is a few kB; a bigger one is not a run's, and is not read into memory
 _TEMPORARY = re.compile(r"\..+\.\d+\.tmp")  # what _atomic_write names its files: .NAME.PID.tmp
 
@@ -196,7 +195,7 @@ class RunDir:
                             notes=(DAMAGED_CONFIG,))
         try:
             config = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, RecursionError) as e:  # RecursionError: JSON nested thousands deep
             raise ArchError(f"cannot read the run's config: {e}", where=str(path),
                             notes=(DAMAGED_CONFIG,)) from None
         validate(config, CONFIG, path, DAMAGED_CONFIG)
@@ -219,23 +218,19 @@ class RunDir:
                 f.truncate(size)
                 raise
 
-    def read_metrics(self) -> list[dict[str, Any]]:
-        if not self.metrics.is_file():
-            return []
-        return [json.loads(line) for line in self.metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
-
     def write_curves(self, rows: list[Mapping[str, Any]], epochs: int, title: str = "") -> bool:
         """curves.png, redrawn during a run so it can be watched.
 
-        Without matplotlib (a bare GPU box, say) there is no PNG, and training goes on:
-        returns False; metrics.jsonl holds the same numbers.
+        Without matplotlib (a bare GPU box, say), or where the PNG cannot be written (a folder in
+        its place), there is no PNG and training goes on: returns False; metrics.jsonl holds the
+        same numbers. A full disk is told by the checkpoint written next.
         """
         try:
             fig = plot_curves(rows, epochs, title)
-        except ImportError:
+            with _writing(self.curves, "the curves"):
+                _atomic_write(self.curves, lambda f: fig.savefig(f, format="png", dpi=100))
+        except (ImportError, ArchError):
             return False
-        with _writing(self.curves, "the curves"):
-            _atomic_write(self.curves, lambda f: fig.savefig(f, format="png", dpi=100))
         return True
 
     # Checkpoints -------------------------------------------------------------

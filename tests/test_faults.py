@@ -629,6 +629,8 @@ def test_generated_damage_is_one_located_error_or_a_noted_repair(finished, tmp_p
 @pytest.mark.parametrize("damage, words", [
     (lambda r: (r / "config.json").write_text("[]"),
      "config.json: error: expected a JSON object (a run's config), got [] (a list)"),
+    (lambda r: (r / "config.json").write_text("[" * 200_000 + "]" * 200_000),
+     "config.json: error: cannot read the run's config"),
     (lambda r: torch.save(_edit(torch.load(r / "checkpoints/last.pt", weights_only=True), ("epoch",), "two"),
                           r / "checkpoints/last.pt"),
      "checkpoints/last.pt: error: epoch: expected a whole number >= 0, got 'two' (a string)"),
@@ -695,3 +697,13 @@ def test_resume_repairs_what_the_checkpoint_holds(finished, tmp_path):
     assert (run / "spec.arch").read_text() == SMALL
     assert json.loads((run / "config.json").read_text())["recipe"] == {**recipe, "epochs": 3}
     consistent(run)
+
+
+def test_curves_that_cannot_be_written_do_not_stop_a_run(finished, tmp_path, one_thread):
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    (run / "curves.png").unlink()
+    (run / "curves.png").mkdir()
+    r = cli("train", "--resume", run, "--epochs", "3")
+    assert r.exit_code == 0, r.output
+    assert (run / "model.pt").is_file() and (run / "curves.png").is_dir()
