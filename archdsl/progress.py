@@ -14,6 +14,7 @@ import sys
 import time
 from typing import Callable, TextIO
 
+from .errors import printable
 from .history import EpochRecord, History
 from .trainer import Reporter, RunInfo, TrainConfig
 
@@ -44,7 +45,7 @@ def header_lines(info: RunInfo) -> list[str]:
         resumed = f" (resuming after epoch {info.start_epoch})" if info.start_epoch else ""
         out.append(f"run directory: {info.run_dir}{resumed}")
     out += [f"note: {n}" for n in info.notes]
-    return out
+    return [printable(line) for line in out]  # paths and names may hold control characters
 
 
 def epoch_line(r: EpochRecord, epochs: int, best: bool = False) -> str:
@@ -66,7 +67,7 @@ def closing_lines(h: History) -> list[str]:
         if h.run_dir is not None and best is not None:
             out.append(f"run directory: {h.run_dir} (best test acc {best.test_acc:.3f} at epoch {best.epoch})")
     out += h.summary().splitlines()
-    return out
+    return [printable(line) for line in out]
 
 
 class PlainReporter(Reporter):

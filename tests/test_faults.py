@@ -707,3 +707,10 @@ def test_curves_that_cannot_be_written_do_not_stop_a_run(finished, tmp_path, one
     r = cli("train", "--resume", run, "--epochs", "3")
     assert r.exit_code == 0, r.output
     assert (run / "model.pt").is_file() and (run / "curves.png").is_dir()
+
+
+def test_a_run_directory_named_with_control_characters_is_printed_escaped(tmp_path, one_thread):
+    out = tmp_path / "ctl\x01\x1bc"
+    r = cli("train", "input 1x28x28; flatten linear(10)", "--dataset", "synthetic", "--epochs", "1", "--out", out)
+    assert r.exit_code == 0, r.output
+    assert "\x01" not in r.output and "\x1b" not in r.output and "ctl\\x01\\x1bc" in r.output
