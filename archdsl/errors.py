@@ -195,6 +195,11 @@ def visible(c: str) -> str:
     return repr(c)[1:-1] if c.isascii() or ord(c) < 0x100 else f"\\u{ord(c):04x}"
 
 
+def os_reason(e: Exception) -> str:
+    """Why a file could not be used, in the OS's words where it gave some."""
+    return e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+
+
 def clip(text: str, most: int) -> str:
     """Text for a message or a table cell, cut to `most` characters with an ellipsis."""
     return text if len(text) <= most else text[: most - 1] + "…"

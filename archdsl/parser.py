@@ -15,7 +15,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from lark.visitors import Transformer_NonRecursive
 
 from . import syntax as S
-from .errors import ArchError, ErrorLog, Source, Span, SpecSyntaxError, clip
+from .errors import ArchError, ErrorLog, Source, Span, SpecSyntaxError, clip, os_reason
 from .limits import LIMITS, limit, raise_hint, too_large, whole
 from .values import did_you_mean
 
@@ -102,8 +102,7 @@ def read_spec(path: FsPath, name: str, span: Span | None = None) -> str:
     except FileNotFoundError:
         raise ArchError(f"no such spec file{about}{_nearby(path)}", span, where=where) from None
     except (OSError, ValueError, RuntimeError) as e:  # unreadable, a NUL in the name, a symlink loop
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        raise ArchError(f"cannot read{about}: {reason}", span, where=where) from None
+        raise ArchError(f"cannot read{about}: {os_reason(e)}", span, where=where) from None
     if stat.S_ISDIR(mode):
         raise ArchError(f"{subject}is a directory, not a spec file", span, where=where)
     if not stat.S_ISREG(mode):

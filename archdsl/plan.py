@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, Mapping, Union
 
 from . import layers as _layers  # noqa: F401  (registers the built-in layers)
 from . import syntax as S
-from .errors import ArchError, ErrorLog, Source, Span, clip, first_at
+from .errors import ArchError, ErrorLog, Source, Span, clip, first_at, os_reason
 from .limits import limit, raise_hint
 from .parser import parse_source, read_spec
 from .registry import REGISTRY, REQUIRED, Arg, Bound, CallArg, LayerDef, bind, check_layer_args
@@ -339,8 +339,7 @@ class _Expander:
             path = (base / st.target).resolve()
             found = path.exists()
         except (OSError, ValueError, RuntimeError) as e:  # a NUL in the name, a symlink loop, a deleted directory
-            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-            raise ArchError(f"cannot include {clip(st.target, 60)!r}: {reason}", st.span) from None
+            raise ArchError(f"cannot include {clip(st.target, 60)!r}: {os_reason(e)}", st.span) from None
         if not found:
             raise ArchError(f"cannot find {_display(path)} to include", st.span)
         return path
@@ -447,15 +446,7 @@ class _Expander:
         are expanded). A long argument list evaluated in a repeat costs in proportion."""
         key = id(item)
         if key not in self.weights:
-            count, todo = 0, [item]
-            while todo:
-                node = todo.pop()
-                count += 1
-                if isinstance(node, tuple):
-                    todo += node
-                elif hasattr(node, "__dataclass_fields__") and not isinstance(node, (Span, Source, S.Path)):
-                    todo += [getattr(node, f) for f in node.__dataclass_fields__]
-            self.weights[key] = count
+            self.weights[key] = sum(1 for _ in _exprs(item, into_paths=False))
         return self.weights[key]
 
     @contextlib.contextmanager
@@ -663,14 +654,16 @@ def _calls(items: tuple[S.Item, ...]) -> Iterator[S.Call]:
                     yield from _calls(a.path.items)
 
 
-def _exprs(node: Any) -> Iterator[Any]:
-    """Every syntax node under `node` (dataclasses, tuples), depth first."""
+def _exprs(node: Any, into_paths: bool = True) -> Iterator[Any]:
+    """Every syntax node under `node` (dataclasses, tuples), depth first; without what nested paths hold
+    when `into_paths` is false."""
     yield node
     if isinstance(node, tuple):
         for x in node:
-            yield from _exprs(x)
-    elif hasattr(node, "__dataclass_fields__") and not isinstance(node, (Span, Source)):
+            yield from _exprs(x, into_paths)
+    elif hasattr(node, "__dataclass_fields__") and not isinstance(node, (Span, Source)) \
+            and (into_paths or not isinstance(node, S.Path)):
         for name in node.__dataclass_fields__:
-            yield from _exprs(getattr(node, name))
+            yield from _exprs(getattr(node, name), into_paths)
 
 
