@@ -24,21 +24,37 @@ class Row:
     module: str  # the torch module: its repr for a layer, its class for a block
     output_shape: tuple[int, ...]  # batch first
     params: int
-    span: Span
+    span: Span | None  # where the spec writes it; None for a row of a plain nn.Module
+    input_shape: tuple[int, ...] = ()  # batch first; a join's input, before its paths
+    trainable: int = 0  # of `params`, those with requires_grad
+    mult_adds: int = 0  # torchinfo's count, at the traced batch; a container's is its layers' sum
+    kernel: tuple[int, ...] | None = None  # a conv's or pool's kernel_size, as torchinfo shows it
+    output_bytes: int = 0  # the output's size in memory (float32: 4 bytes an element)
+    flops: int | None = None  # torch's flop counter, forward pass; None where not counted
+    receptive_field: tuple[int, ...] | None = None  # per spatial axis, in input pixels; None past a flatten
+    stride: tuple[int, ...] | None = None  # effective stride (jump) per spatial axis, in input pixels
 
     @property
-    def line(self) -> int:
-        return self.span.line
+    def frozen(self) -> int:
+        return self.params - self.trainable
 
     @property
-    def column(self) -> int:
-        return self.span.column
+    def line(self) -> int | None:
+        return self.span.line if self.span else None
+
+    @property
+    def column(self) -> int | None:
+        return self.span.column if self.span else None
 
     def to_dict(self) -> dict[str, Any]:
+        listed = lambda v: list(v) if v is not None else None  # noqa: E731
         return {
             "index": self.index, "name": self.name, "depth": self.depth, "kind": self.kind,
-            "layer": self.layer, "module": self.module, "output_shape": list(self.output_shape),
-            "params": self.params, "file": self.span.source.name, "line": self.line, "column": self.column,
+            "layer": self.layer, "module": self.module, "input_shape": list(self.input_shape),
+            "output_shape": list(self.output_shape), "params": self.params, "trainable": self.trainable,
+            "mult_adds": self.mult_adds, "kernel": listed(self.kernel), "output_bytes": self.output_bytes,
+            "flops": self.flops, "receptive_field": listed(self.receptive_field), "stride": listed(self.stride),
+            "file": self.span.source.name if self.span else None, "line": self.line, "column": self.column,
         }
 
 
@@ -101,6 +117,8 @@ class Summary:
 
     def _at(self, row: Row) -> str:
         """line:col in the spec; file:line:col for a layer of an included file."""
+        if row.span is None:
+            return ""
         return f"{row.line}:{row.column}" if row.span.source.name == self.spec else row.span.where
 
     def __str__(self) -> str:

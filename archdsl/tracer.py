@@ -57,28 +57,31 @@ def _trace(steps: tuple[Step, ...], x: torch.Tensor, prefix: str, depth: int, ro
             raise ShapeError(f"the model unrolls to more than {limit('layers'):,} layers; check the repeat counts"
                              f"{raise_hint('layers')}", step.span, notes=_notes(callers))
         if isinstance(step, BlockStep):
-            at = len(rows)
+            at, before = len(rows), tuple(x.shape)
             rows.append(None)  # the block's row comes before its layers; filled in once traced
             inner, x = _trace(_body(step, x, callers), x, f"{name}.", depth + 1, rows, (*callers, step))
             module = nn.Sequential(*inner)
             rows[at] = Row(at + 1, name, depth, "block", step.span.oneline, "Sequential", tuple(x.shape),
-                           _inner_params(rows, at, depth), step.span)
+                           _inner(rows, at, depth, "params"), step.span, before, _inner(rows, at, depth, "trainable"))
         elif step.paths:
-            at = len(rows)
+            at, before = len(rows), tuple(x.shape)
             rows.append(None)
             inputs = _path_inputs(step, x, callers)
             paths = [_trace_path(path, torch.empty(shape, device="meta"), f"{name}.paths.{j}", depth + 1, rows, callers)
                      for j, (path, shape) in enumerate(zip(step.paths, inputs))]
             module, x = _run(step, x, callers, paths)
             text = f"{step.layer.name}({', '.join(['[…]'] * len(paths))})"  # the paths have rows of their own
-            own = sum(p.numel() for p in module.parameters(recurse=False))
+            own, own_trainable = _count(module, recurse=False)
             rows[at] = Row(at + 1, name, depth, "join", text, _one_line(module), tuple(x.shape),
-                           own + _inner_params(rows, at, depth), step.span)
+                           own + _inner(rows, at, depth, "params"), step.span, before,
+                           own_trainable + _inner(rows, at, depth, "trainable"))
         else:
+            before = tuple(x.shape)
             module, x = _run(step, x, callers)
             shown = _one_line(module) if any(True for _ in module.children()) else repr(module)
+            params, trainable = _count(module)
             rows.append(Row(len(rows) + 1, name, depth, "layer", step.span.oneline, shown, tuple(x.shape),
-                            _count(module), step.span))
+                            params, step.span, before, trainable))
         modules.append(module)
     return modules, x
 
@@ -114,7 +117,7 @@ def _trace_path(path: PathStep, x: torch.Tensor, name: str, depth: int, rows: li
     inner, y = _trace(path.steps, x, f"{name}.", depth + 1, rows, callers)
     module = nn.Sequential(*inner)
     rows[at] = Row(at + 1, name, depth, "path", path.span.oneline, "Sequential", tuple(y.shape),
-                   _inner_params(rows, at, depth), path.span)
+                   _inner(rows, at, depth, "params"), path.span, tuple(x.shape), _inner(rows, at, depth, "trainable"))
     return module, tuple(y.shape)
 
 
@@ -158,13 +161,15 @@ def _run(step: LayerStep, x: torch.Tensor, callers: tuple[BlockStep, ...],
     return module, y
 
 
-def _inner_params(rows: list[Row | None], at: int, depth: int) -> int:
-    """The parameters of the container whose row is at `at`: those of its children's rows, traced after it."""
-    return sum(r.params for r in rows[at + 1:] if r.depth == depth + 1)
+def _inner(rows: list[Row | None], at: int, depth: int, field: str) -> int:
+    """A count (params, trainable) of the container whose row is at `at`: its children's rows', traced after it."""
+    return sum(getattr(r, field) for r in rows[at + 1:] if r.depth == depth + 1)
 
 
-def _count(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+def _count(module: nn.Module, recurse: bool = True) -> tuple[int, int]:
+    """(parameters, trainable parameters)."""
+    params = list(module.parameters(recurse=recurse))
+    return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
 
 
 def materialize(net: nn.Module, device: str | torch.device = "cpu") -> nn.Module:

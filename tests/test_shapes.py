@@ -213,7 +213,10 @@ def test_summary_json_and_table():
     summary = archdsl.trace(SPECS / "alexnet.arch")
     data = summary.to_dict()
     assert data["input_shape"] == [1, 1, 224, 224] and data["total_params"] == 46_764_746
-    assert data["layers"][0] == {
+    first = data["layers"][0]
+    assert first["input_shape"] == [1, 1, 224, 224] and first["trainable"] == 11712
+    assert {k: first[k] for k in ("index", "name", "depth", "kind", "layer", "module", "output_shape", "params",
+                                  "file", "line", "column")} == {
         "index": 1, "name": "0", "depth": 0, "kind": "layer", "layer": "conv(96, k11, s4, p1)",
         "module": "Conv2d(1, 96, kernel_size=(11, 11), stride=(4, 4), padding=(1, 1))",
         "output_shape": [1, 96, 54, 54], "params": 11712, "file": str(SPECS / "alexnet.arch"), "line": 13, "column": 1}
