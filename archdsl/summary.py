@@ -6,6 +6,7 @@ Plain data, no torch: the tracer fills it in.
 from __future__ import annotations
 
 import html
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -81,6 +82,27 @@ class Summary:
         return sum(r.params for r in self.rows if r.depth == 0)
 
     @property
+    def trainable_params(self) -> int:
+        return sum(r.trainable for r in self.rows if r.depth == 0)
+
+    @property
+    def frozen_params(self) -> int:
+        return self.total_params - self.trainable_params
+
+    @property
+    def total_mult_adds(self) -> int:
+        return sum(r.mult_adds for r in self.rows if r.depth == 0)
+
+    @property
+    def memory(self) -> dict[str, int]:
+        """torchinfo's memory totals, in bytes: the input, the forward/backward pass (the outputs of the layers
+        that have weights, twice: once kept, once as their gradient), the parameters, and their sum."""
+        sizes = {"input": math.prod(self.input_shape) * 4,
+                 "forward_backward": 2 * sum(r.output_bytes for r in self.rows if r.kind == "layer" and r.params),
+                 "params": self.total_params * 4}
+        return {**sizes, "total": sum(sizes.values())}
+
+    @property
     def output_shape(self) -> tuple[int, ...]:
         top = [r for r in self.rows if r.depth == 0]
         return top[-1].output_shape if top else self.input_shape
@@ -88,7 +110,8 @@ class Summary:
     def to_dict(self) -> dict[str, Any]:
         return {
             "spec": self.spec, "input_shape": list(self.input_shape), "output_shape": list(self.output_shape),
-            "total_params": self.total_params, "complete": self.complete,
+            "total_params": self.total_params, "trainable_params": self.trainable_params,
+            "total_mult_adds": self.total_mult_adds, "memory": self.memory, "complete": self.complete,
             "layers": [r.to_dict() for r in self.rows],
         }
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from .errors import ArchError, ShapeError, Span, combine
 from .limits import limit, raise_hint
+from .measures import kernel, mult_adds, output_bytes
 from .plan import TOO_DEEP, BlockStep, LayerStep, PathStep, Plan, Step
 from .registry import ShapeProblem
 from .summary import Row, Summary
@@ -62,7 +63,8 @@ def _trace(steps: tuple[Step, ...], x: torch.Tensor, prefix: str, depth: int, ro
             inner, x = _trace(_body(step, x, callers), x, f"{name}.", depth + 1, rows, (*callers, step))
             module = nn.Sequential(*inner)
             rows[at] = Row(at + 1, name, depth, "block", step.span.oneline, "Sequential", tuple(x.shape),
-                           _inner(rows, at, depth, "params"), step.span, before, _inner(rows, at, depth, "trainable"))
+                           _inner(rows, at, depth, "params"), step.span, before, _inner(rows, at, depth, "trainable"),
+                           _inner(rows, at, depth, "mult_adds"), output_bytes=output_bytes(tuple(x.shape)))
         elif step.paths:
             at, before = len(rows), tuple(x.shape)
             rows.append(None)
@@ -74,14 +76,16 @@ def _trace(steps: tuple[Step, ...], x: torch.Tensor, prefix: str, depth: int, ro
             own, own_trainable = _count(module, recurse=False)
             rows[at] = Row(at + 1, name, depth, "join", text, _one_line(module), tuple(x.shape),
                            own + _inner(rows, at, depth, "params"), step.span, before,
-                           own_trainable + _inner(rows, at, depth, "trainable"))
+                           own_trainable + _inner(rows, at, depth, "trainable"), _inner(rows, at, depth, "mult_adds"),
+                           output_bytes=output_bytes(tuple(x.shape)))
         else:
             before = tuple(x.shape)
             module, x = _run(step, x, callers)
             shown = _one_line(module) if any(True for _ in module.children()) else repr(module)
             params, trainable = _count(module)
             rows.append(Row(len(rows) + 1, name, depth, "layer", step.span.oneline, shown, tuple(x.shape),
-                            params, step.span, before, trainable))
+                            params, step.span, before, trainable, mult_adds(module, before, tuple(x.shape)),
+                            kernel(module), output_bytes(tuple(x.shape))))
         modules.append(module)
     return modules, x
 
@@ -117,7 +121,8 @@ def _trace_path(path: PathStep, x: torch.Tensor, name: str, depth: int, rows: li
     inner, y = _trace(path.steps, x, f"{name}.", depth + 1, rows, callers)
     module = nn.Sequential(*inner)
     rows[at] = Row(at + 1, name, depth, "path", path.span.oneline, "Sequential", tuple(y.shape),
-                   _inner(rows, at, depth, "params"), path.span, tuple(x.shape), _inner(rows, at, depth, "trainable"))
+                   _inner(rows, at, depth, "params"), path.span, tuple(x.shape), _inner(rows, at, depth, "trainable"),
+                   _inner(rows, at, depth, "mult_adds"), output_bytes=output_bytes(tuple(y.shape)))
     return module, tuple(y.shape)
 
 
@@ -162,7 +167,7 @@ def _run(step: LayerStep, x: torch.Tensor, callers: tuple[BlockStep, ...],
 
 
 def _inner(rows: list[Row | None], at: int, depth: int, field: str) -> int:
-    """A count (params, trainable) of the container whose row is at `at`: its children's rows', traced after it."""
+    """A count (params, trainable, mult_adds) of the container whose row is at `at`: its children's rows', traced after it."""
     return sum(getattr(r, field) for r in rows[at + 1:] if r.depth == depth + 1)
 
 
