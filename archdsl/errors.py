@@ -110,12 +110,19 @@ class ArchError(ValueError):
         return "\n".join(out)
 
     def _render_one(self) -> str:
-        head = f"{self.where}: {self.kind}: {self.message}" if self.where else f"{self.kind}: {self.message}"
-        out = [printable(head)]
-        if self.span is not None:
-            out += _excerpt(self.span)
-        out += [printable(f"  note: {n}") for n in self.notes]
-        return "\n".join(out)
+        return report(self.kind, self.message, self.span, self.notes, self.where)
+
+
+def report(label: str, message: str, span: Span | None, notes: tuple[str, ...] = (), where: str | None = None) -> str:
+    """`file:line:col: LABEL: message`, the source line with a caret under the span, then the notes: one
+    mistake (label "error") or one warning (label "warning"). `where` stands in for a span that is not known."""
+    where = span.where if span is not None else where
+    head = f"{where}: {label}: {message}" if where else f"{label}: {message}"
+    out = [printable(head)]
+    if span is not None:
+        out += _excerpt(span)
+    out += [printable(f"  note: {n}") for n in notes]
+    return "\n".join(out)
 
 
 def combine(errors: list[ArchError], truncated: bool = False) -> ArchError:
