@@ -8,6 +8,8 @@ commands that need it, so `archdsl --help` is instant.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
 import sys
 import threading
@@ -15,8 +17,10 @@ from enum import Enum
 from typing import Any, Callable, List, NoReturn, Optional
 
 import typer
+from typer.core import TyperCommand
 
 from .errors import ArchError, ShapeError
+from .summary import COLUMNS, DEFAULT_COLUMNS, Column, Summary, columns_named
 
 app = typer.Typer(
     name="archdsl",
@@ -33,6 +37,8 @@ USER_ERROR = 2  # bad spec, bad flag, missing file: the user can fix it
 class Format(str, Enum):
     table = "table"
     json = "json"
+    csv = "csv"
+    markdown = "markdown"
 
 
 def fail(error: ArchError) -> NoReturn:
@@ -59,55 +65,96 @@ def guarded(run: Callable[[], Any]) -> Any:
         fail(e)
 
 
+class _ShapesCommand(TyperCommand):
+    """`shapes`: asked for JSON, it tells a mistake in its flags (`--batch 0`) as JSON on stdout too."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        wants_json = _asks_for_json(args)
+        try:
+            return super().parse_args(ctx, args)
+        except Exception as e:  # click's UsageError: typer vendors click, under a private name; it exits 2
+            if wants_json and getattr(e, "exit_code", None) == USER_ERROR:
+                message = e.format_message() if hasattr(e, "format_message") else str(e)
+                typer.echo(json.dumps({"spec": None, "complete": False, "layers": [], "error": {
+                    "message": message, "file": None, "line": None, "column": None}}, indent=2))
+            raise
+
+
+def _asks_for_json(args: list[str]) -> bool:
+    """Whether the command line asks for --format json (its last --format wins, as in click)."""
+    chosen = None
+    for flag, value in zip(args, [*args[1:], ""]):
+        if flag == "--":
+            break
+        if flag in ("--format", "-f"):
+            chosen = value
+        elif flag.startswith("--format="):
+            chosen = flag.partition("=")[2]
+        elif flag.startswith("-f") and not flag.startswith("--"):
+            chosen = flag[2:]
+    return chosen == Format.json.value
+
+
 SPEC_HELP = "A .arch spec file (see specs/), or spec text in quotes."
 SET_HELP = "Set a param the spec declares: --set ratio=4 (repeatable)."
 INPUT_HELP = "Input shape CxHxW without the batch, e.g. 1x96x96; replaces the spec's `input`."
+COLUMNS_HELP = ("Columns of the table and markdown, comma-separated, in order: "
+                + "; ".join(f"{c.name} ({c.about})" for c in COLUMNS)
+                + f". `default` is {','.join(c.name for c in DEFAULT_COLUMNS)}; `all` is every one. These names "
+                  "work too: " + ", ".join(a for c in COLUMNS for a in c.aliases) + ".")
 
 
-@app.command()
+@app.command(cls=_ShapesCommand)
 def shapes(
     spec: str = typer.Argument(..., help=SPEC_HELP, show_default=False),
     input: Optional[str] = typer.Option(None, "--input", "-i", help=INPUT_HELP, show_default=False),
     set_: List[str] = typer.Option([], "--set", "-s", help=SET_HELP, show_default=False),
     batch: int = typer.Option(1, "--batch", "-b", min=1, max=1_000_000, help="Batch size of the traced input."),
-    format: Format = typer.Option(Format.table, "--format", "-f", help="table for people, json for programs."),
+    format: Format = typer.Option(Format.table, "--format", "-f",
+                                  help="table or markdown for people; json or csv (every column) for programs."),
     depth: Optional[int] = typer.Option(None, "--depth", min=0,
                                         help="Show rows nested at most this deep (0: blocks collapsed)."),
+    columns: Optional[str] = typer.Option(None, "--columns", help=COLUMNS_HELP, show_default=False),
 ) -> None:
-    """Print each layer's output shape and parameter count, without running the network.
+    """Print each layer's output shape, parameters and mult-adds, without running the network.
 
     Tracing runs on PyTorch's meta device: any input size costs milliseconds and no memory.
     If a layer cannot take its input, the rows up to it are printed, then the error.
+
+    The table fits the terminal (or $COLUMNS; into a pipe or file it is not cut): layer and module
+    text is cut with "…", and if that is not enough, columns are left out, and it says which.
     """
 
     def run() -> None:
         from .api import trace
 
         try:
+            chosen = columns_named(columns)  # before tracing: a misspelt column costs no torch import
             summary = trace(spec, input, batch=batch, **parse_sets(set_))
-        except ShapeError as e:
-            if e.summary is not None:
-                _print_summary(e.summary, format, depth, error=e)
-            raise
         except ArchError as e:
-            if format is Format.json:  # a program reading stdout gets the mistakes as JSON too
-                typer.echo(json.dumps({"spec": e.span.source.name if e.span else spec, "complete": False,
-                                       "layers": [], **_errors_json(e)}, indent=2))
+            traced = e.summary if isinstance(e, ShapeError) else None
+            if traced is not None:  # the rows up to the failing layer, as asked for
+                _print_summary(traced, format, chosen, depth, error=e)
+            elif format is Format.json:  # a program reading stdout gets the mistakes as JSON too
+                named = e.span.source.name if e.span else e.where
+                typer.echo(json.dumps({"spec": named or spec, "complete": False, "layers": [], **_errors_json(e)},
+                                      indent=2))
             raise
-        _print_summary(summary, format, depth)
+        _print_summary(summary, format, chosen, depth)
 
     guarded(run)
 
 
 def _errors_json(error: ArchError) -> dict[str, Any]:
     """`error`: the first mistake, located; `errors`: all of them, when there are several."""
-    located = [{"message": e.message, "file": e.span.source.name if e.span else None,
+    located = [{"message": e.message, "file": e.span.source.name if e.span else e.where,
                 "line": e.span.line if e.span else None, "column": e.span.column if e.span else None}
                for e in error.errors]
     return {"error": located[0], **({"errors": located} if len(located) > 1 else {})}
 
 
-def _print_summary(summary: Any, format: Format, depth: Optional[int], error: ShapeError | None = None) -> None:
+def _print_summary(summary: Summary, format: Format, columns: tuple[Column, ...], depth: Optional[int],
+                   error: ShapeError | None = None) -> None:
     if format is Format.json:
         data = summary.to_dict()
         if depth is not None:
@@ -115,8 +162,21 @@ def _print_summary(summary: Any, format: Format, depth: Optional[int], error: Sh
         if error is not None:
             data.update(_errors_json(error))
         typer.echo(json.dumps(data, indent=2))
+    elif format is Format.csv:
+        typer.echo(summary.to_csv(depth), nl=False)
+    elif format is Format.markdown:
+        typer.echo(summary.to_markdown(depth, columns=columns))
     else:
-        typer.echo(summary.table(depth))
+        typer.echo(summary.table(depth, columns=columns, width=_table_width()))
+
+
+def _table_width() -> Optional[int]:
+    """How wide a table may be: the terminal's width ($COLUMNS first). Into a pipe or a file, $COLUMNS if it is
+    set, else no limit: text kept or searched later is better whole than cut to a width nobody asked for."""
+    if sys.stdout.isatty():
+        return shutil.get_terminal_size().columns
+    given = os.environ.get("COLUMNS", "")
+    return int(given) if given.isdigit() and int(given) > 0 else None
 
 
 @app.command()

@@ -23,9 +23,10 @@ def test_shapes_table():
     assert r.exit_code == 0, r.output
     lines = r.stdout.splitlines()
     assert lines[0] == f"{SPECS / 'alexnet.arch'}: input (1, 1, 224, 224)"
-    assert lines[2].split() == ["#", "layer", "module", "output", "shape", "params", "at"]
+    assert lines[2].split() == ["#", "layer", "output", "shape", "params", "mult-adds", "at"]
     first = lines[4]
-    assert first.split()[:2] == ["1", "conv(96,"] and "(1, 96, 54, 54)" in first and first.endswith("11,712  13:1")
+    assert first.split()[:2] == ["1", "conv(96,"] and "(1, 96, 54, 54)" in first
+    assert first.endswith("11,712    34.15 M  13:1")
     assert "Total params: 46,764,746" in r.stdout and "Output: (1, 10)" in r.stdout
     assert r.stderr == ""
 

@@ -221,11 +221,12 @@ def test_summary_json_and_table():
         "module": "Conv2d(1, 96, kernel_size=(11, 11), stride=(4, 4), padding=(1, 1))",
         "output_shape": [1, 96, 54, 54], "params": 11712, "file": str(SPECS / "alexnet.arch"), "line": 13, "column": 1}
     table = str(summary)
-    assert "MaxPool2d(kernel_size=3, stride=2)" in table and "Total params: 46,764,746" in table
+    assert "Total params: 46,764,746" in table and "Total mult-adds: 938.75 M" in table
+    assert "MaxPool2d(kernel_size=3, stride=2)" in summary.table(columns="default,module")
 
 
 def test_notebooks_display_the_table():
     summary = archdsl.trace(SPECS / "lenet.arch")
     page = summary._repr_html_()
     assert page.count("<tr>") == 1 + len(summary) and "Total params: 61,706" in page
-    assert "Linear(in_features=400, out_features=120)" in page
+    assert "Linear(in_features=400, out_features=120)" in summary.to_html(columns="default,module")
