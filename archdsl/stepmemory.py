@@ -1,0 +1,323 @@
+"""The peak memory of one training step, found by running the step on fake tensors.
+
+"Will this train at batch 128 on my GPU?" `estimate_step` answers it without allocating: it runs
+the trainer's step (zero_grad, forward under optional bf16 autocast, cross-entropy, backward, the
+optimizer's step) on a copy of the model made of torch's fake tensors (`FakeTensorMode`: shapes,
+dtypes and storage sizes, no data), and counts the bytes of the storages alive after each op
+(`_Live`, a TorchDispatchMode: each op's new storages are counted when made and uncounted by a
+weakref finalizer when they die, so views, in-place ops, autograd's saved tensors and
+`zero_grad(set_to_none=True)` count as they do for the allocator). It is the second step that is
+counted: the optimizer's state made by a first step is already there.
+
+Why not torch's `torch.distributed._tools.mem_tracker.MemTracker`, which counts the same way: it
+imports torch.distributed (4 s on a 2-core machine, where the whole estimate takes a tenth of that),
+rounds only what is really on CUDA, and gives no figure at the end of the forward pass.
+
+`device="cuda"` works on a machine without a GPU, because the step always runs on fake *CPU*
+tensors: since torch 2.11 the autograd engine asks the CUDA driver about the device of every fake
+CUDA tensor, which fails where there is no GPU. CUDA is then modelled where it differs from the CPU
+in bytes: the caching allocator's 512-byte blocks, the optimizers' foreach kernels (torch's default
+for CUDA weights, which keep a whole-model temporary in AdamW) and AdamW's step counts kept on the
+host. What it does not model: bf16 autocast follows the CPU's op lists (the same as CUDA's for
+convolutions, linear layers, pooling, batch norm and cross-entropy; CUDA runs softmax and layer_norm
+in float32, the CPU in bf16); dropout keeps a float mask where CUDA keeps a byte; and the workspaces
+cuDNN and cuBLAS take from the allocator are not tensors, so they are not seen.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import weakref
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from .errors import ArchError
+from .memory import show_bytes
+
+CUDA_BLOCK = 512  # the CUDA caching allocator rounds every block up to a multiple of this
+MAX_BATCH = 2 ** 20  # largest_batch looks no further: a batch of a million fits only toy models
+
+
+@dataclass(frozen=True)
+class Optimizer:
+    """An optimizer a user can name: how to build it, and what it keeps besides the weights."""
+
+    build: Callable[[list[nn.Parameter], bool], torch.optim.Optimizer]  # (trainable params, foreach)
+    keeps: str  # its state, in words
+    host_state: tuple[str, ...] = ()  # state entries torch keeps on the CPU when the weights are on CUDA
+
+
+OPTIMIZERS: dict[str, Optimizer] = {
+    "sgd": Optimizer(lambda params, foreach: torch.optim.SGD(params, lr=0.01, foreach=foreach),
+                     "nothing (plain SGD, as the trainer runs it)"),
+    "momentum": Optimizer(lambda params, foreach: torch.optim.SGD(params, lr=0.01, momentum=0.9, foreach=foreach),
+                          "one momentum buffer per weight"),
+    # AdamW's step count is a one-element tensor per parameter, on the CPU unless capturable or fused.
+    "adamw": Optimizer(lambda params, foreach: torch.optim.AdamW(params, lr=0.001, foreach=foreach),
+                       "two moment buffers per weight and a step count per parameter tensor", ("step",)),
+}
+
+
+@dataclass(frozen=True)
+class StepMemory:
+    """What one training step keeps alive, in bytes (CUDA's in 512-byte blocks)."""
+
+    batch_size: int
+    amp: bool
+    optimizer: str
+    device: str
+    params: int  # weights and buffers (batch norm's running statistics)
+    grads: int  # one gradient per trainable weight, after the backward pass
+    optimizer_state: int
+    batch: int  # the float32 input and the int64 targets
+    activations: int  # what the forward pass leaves alive for the backward pass, the loss included
+    peak: int  # all of the above and the backward pass's buffers, at their highest together
+    peak_in: str  # the phase that reaches the peak: forward, backward or optimizer step
+
+    @property
+    def standing(self) -> int:
+        """What is alive before the step starts and after it ends: weights, optimizer state, the batch."""
+        return self.params + self.optimizer_state + self.batch
+
+    def __str__(self) -> str:
+        precision = "bf16 autocast" if self.amp else "float32"
+        return (f"training step at batch {self.batch_size:,} ({precision}, {self.optimizer}, {self.device}): "
+                f"peak {show_bytes(self.peak)} = weights {show_bytes(self.params)} + optimizer state "
+                f"{show_bytes(self.optimizer_state)} + batch {show_bytes(self.batch)} + "
+                f"{show_bytes(self.peak - self.standing)} in the {self.peak_in} (activations kept for "
+                f"backward {show_bytes(self.activations)}, gradients {show_bytes(self.grads)})")
+
+
+class _Live(TorchDispatchMode):
+    """The bytes of the storages alive, and their peak: a storage counts from the op that made it until it dies."""
+
+    def __init__(self, block: int) -> None:
+        super().__init__()
+        self.block = block
+        self.now = self.peak = 0
+        self.phase = self.peak_in = "forward"
+        self._alive: dict[int, weakref.finalize] = {}  # id of a storage -> what uncounts it
+
+    def size(self, tensors: Iterable[Any]) -> int:
+        """The bytes of the distinct storages under `tensors` (other values are skipped)."""
+        storages = {id(s): s for s in _storages(tensors)}
+        return sum(self._rounded(s.nbytes()) for s in storages.values())
+
+    def count(self, tensors: Iterable[Any]) -> None:
+        for s in _storages(tensors):
+            key = id(s)
+            if key not in self._alive:
+                n = self._rounded(s.nbytes())
+                self.now += n
+                self._alive[key] = weakref.finalize(s, self._free, key, n)
+        if self.now > self.peak:
+            self.peak, self.peak_in = self.now, self.phase
+
+    def forget(self) -> None:
+        """Stop uncounting: the storages may outlive this count."""
+        for f in self._alive.values():
+            f.detach()
+        self._alive.clear()
+
+    def _free(self, key: int, n: int) -> None:
+        self.now -= n
+        del self._alive[key]
+
+    def _rounded(self, n: int) -> int:
+        return -(-n // self.block) * self.block
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        self.count(tree_flatten(out)[0])
+        return out
+
+
+def _storages(values: Iterable[Any]) -> Iterator[torch.UntypedStorage]:
+    for v in values:
+        if isinstance(v, torch.Tensor):
+            yield v.untyped_storage()
+
+
+def estimate_step(model: nn.Module, input_shape: tuple[int, ...], *, amp: bool = False, optimizer: str = "sgd",
+                  device: str = "cpu") -> StepMemory:
+    """The peak bytes of one steady-state training step of `model` on a float32 batch of `input_shape`.
+
+    `input_shape` is batch first, e.g. (128, 1, 224, 224); `amp` runs the forward pass under bf16
+    autocast; `optimizer` is a key of OPTIMIZERS; `device` is "cpu" or "cuda" (no GPU needed). The
+    model is not touched: the step runs on a fake copy of it, so no memory of its size is taken
+    and a model built on the meta device (archdsl's tracer) works as well as a real one.
+    """
+    shape = _batch_shape(input_shape)
+    opt_kind = _optimizer(optimizer)
+    dev = _device(device)
+    on_cuda = dev == "cuda"
+    live = _Live(CUDA_BLOCK if on_cuda else 1)
+    with FakeTensorMode():
+        net = _fake_copy(model).train()
+        trainable = [p for p in net.parameters() if p.requires_grad]
+        if not trainable:
+            raise ArchError("the model has no trainable parameters (all have requires_grad=False): a training step "
+                            "would change nothing")
+        x = torch.empty(shape)  # (B, ...) float32
+        y = torch.zeros(shape[0], dtype=torch.long)  # (B,) class indices
+        opt = opt_kind.build(trainable, True)
+        _first_step(opt, trainable)
+        opt.param_groups[0]["foreach"] = on_cuda  # the second step as torch would run it: foreach on CUDA only
+        state = [t for entries in opt.state.values() for key, t in entries.items()
+                 if not (on_cuda and key in opt_kind.host_state)]
+        params = live.size([*net.parameters(), *net.buffers()])
+        optimizer_state = live.size(state)
+        batch = live.size([x, y])
+        live.count([*net.parameters(), *net.buffers(), *state, x, y])
+        with live:
+            out, loss = _forward(net, x, y, amp)
+            activations = live.now - params - optimizer_state - batch
+            live.phase = "backward"
+            loss.backward()
+            grads = live.size([p.grad for p in trainable])
+            live.phase = "optimizer step"
+            opt.step()
+        del out, loss
+        live.forget()
+    return StepMemory(shape[0], amp, optimizer, dev, params, grads, optimizer_state, batch, activations,
+                      live.peak, live.peak_in)
+
+
+def _batch_shape(input_shape: tuple[int, ...]) -> tuple[int, ...]:
+    shape = tuple(input_shape)
+    if not shape or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape):
+        raise ArchError(f"an input shape is batch first and made of whole numbers of at least 1, such as "
+                        f"(128, 1, 224, 224); got {input_shape!r}")
+    return shape
+
+
+def _optimizer(name: str) -> Optimizer:
+    if name not in OPTIMIZERS:
+        raise ArchError(f"unknown optimizer {name!r}; choose {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[name]
+
+
+def _device(name: str) -> str:
+    """"cpu" or "cuda" ("cuda:1" counts as any GPU would)."""
+    text = str(name).strip().lower()
+    if text == "cpu" or text == "cuda" or re.fullmatch(r"cuda:\d+", text):
+        return text[:4] if text.startswith("cuda") else text
+    raise ArchError(f"the memory of a step can be estimated for cpu or cuda; got device {name!r}")
+
+
+def _fake_copy(model: nn.Module) -> nn.Module:
+    """A copy of `model` whose parameters and buffers are fake CPU tensors of the same shapes and dtypes.
+
+    Must run inside a FakeTensorMode. The copy's tensors are put in deepcopy's memo first, so the
+    real ones are never copied.
+    """
+    memo: dict[int, Any] = {}
+    for p in model.parameters():
+        memo[id(p)] = nn.Parameter(torch.empty_strided(p.shape, p.stride(), dtype=p.dtype), p.requires_grad)
+    for b in model.buffers():
+        memo[id(b)] = torch.empty_strided(b.shape, b.stride(), dtype=b.dtype)
+    return copy.deepcopy(model, memo)
+
+
+def _first_step(opt: torch.optim.Optimizer, trainable: list[nn.Parameter]) -> None:
+    """Make the optimizer's state as a first step would, without a forward pass; leave no gradients.
+
+    Its foreach kernels make the same state as a loop over the weights, in a tenth of the ops.
+    """
+    for p in trainable:
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def _forward(net: nn.Module, x: torch.Tensor, y: torch.Tensor, amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The trainer's forward pass and loss: cross-entropy for (B, classes) outputs, else the output's mean."""
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            out = net(x)
+            if out.dim() == 2 and out.shape[0] == x.shape[0]:
+                return out, F.cross_entropy(out, y)  # (B, classes), (B,) -> ()
+            return out, out.float().mean()
+    except (RuntimeError, ValueError, IndexError, TypeError) as e:
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ArchError(f"the model cannot take a batch of shape {tuple(x.shape)}: {reason}") from None
+
+
+def largest_batch(model: nn.Module, sample_shape: tuple[int, ...], budget: int, **options: Any) -> int:
+    """The largest batch whose training step's peak (estimate_step) fits in `budget` bytes; 0 if batch 1 does not.
+
+    `sample_shape` is one example's shape, without the batch; `options` are estimate_step's. The
+    peak is close to affine in the batch (the largest of a few affine pieces), so each guess is
+    where the line through the nearest estimates meets the budget, and the answer is checked on
+    both sides: a handful of estimates, not a search over every batch. It stops at MAX_BATCH
+    (2**20): a model that fits a batch that large gets MAX_BATCH.
+    """
+    peaks: dict[int, int] = {}
+
+    def fits(b: int) -> bool:
+        if b not in peaks:
+            peaks[b] = estimate_step(model, (b, *sample_shape), **options).peak
+        return peaks[b] <= budget
+
+    first = estimate_step(model, (1, *sample_shape), **options)
+    peaks[1] = first.peak
+    if first.peak > budget:
+        return 0
+    lo, hi = 1, MAX_BATCH + 1  # lo fits; hi does not (MAX_BATCH + 1: as if it did not)
+    slope = max(1.0, first.peak - first.standing - first.grads)  # bytes per example, as batch 1 sees them
+    while hi - lo > 1:
+        if hi <= MAX_BATCH:  # the line through the estimates on either side of the budget
+            slope = max(1.0, (peaks[hi] - peaks[lo]) / (hi - lo))
+        elif len(peaks) > 1:  # none is over it yet: the line through the two largest batches
+            below = max(b for b in peaks if b < lo)
+            slope = max(1.0, (peaks[lo] - peaks[below]) / (lo - below))
+        span = hi - lo
+        guess = min(max(lo + int((budget - peaks[lo]) / slope), lo + 1), hi - 1)
+        if fits(guess):  # then the batch just past it, which should not
+            lo = guess
+            if guess + 1 < hi:
+                lo, hi = (guess + 1, hi) if fits(guess + 1) else (lo, guess + 1)
+        else:
+            hi = guess
+            if guess - 1 > lo:
+                lo, hi = (guess - 1, hi) if fits(guess - 1) else (lo, guess - 1)
+        if hi - lo > max(1, span // 2):  # the line was far off: halve too, so that the search ends
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(e[+-]?\d+)?\s*([kmgtp]?)(i?b?)", re.IGNORECASE)
+MAX_SIZE = 2 ** 64  # 16 EiB: no memory is larger, and beyond it is a typo
+
+
+def parse_size(text: str, flag: str = "--fit") -> int:
+    """A memory size in bytes: "16GiB", "16 GiB", "512MB", "1.5G", "800M", "1e9" (bytes), "2TiB".
+
+    K, M, G, T and P are powers of 1024 with or without "iB" or "B": "16GB" is 16 GiB. That is how
+    memory is sold and shown (JEDEC's units: a "16 GB" GPU has 16384 MiB in nvidia-smi, and torch's
+    out-of-memory messages count in GiB), so a user who types 16GB for a 16 GB card gets that card.
+    """
+    m = _SIZE.fullmatch(text.strip())
+    if m is None:
+        raise _bad_size(text, flag)
+    number, exponent, prefix, suffix = m.groups()
+    if suffix.lower() == "i":  # "Gi" alone: say GiB
+        raise _bad_size(text, flag)
+    value = Decimal(number + (exponent or "")) * 1024 ** ("kmgtp".index(prefix.lower()) + 1 if prefix else 0)
+    if not 1 <= value <= MAX_SIZE:
+        raise _bad_size(text, flag, "a size is at least one byte and at most 16 EiB")
+    return int(value)
+
+
+def _bad_size(text: str, flag: str, why: str | None = None) -> ArchError:
+    return ArchError(f"{flag} takes a memory size such as 16GiB or 512MB; got {text!r}", notes=(why,) if why else ())
