@@ -74,21 +74,21 @@ MOST_PARAMS = 0.8  # a layer holding more than this share of the weights is warn
 FEW_PARAMS = 10_000  # ... in a network of at least this many
 AXES = {1: ("position",), 2: ("row", "column"), 3: ("slice", "row", "column")}  # spatial axes, by count
 
+Finding = tuple[Row, str, str, tuple[str, ...]]  # the row warned about, code, message, notes
+
 
 def lint(net: nn.Module, summary: Summary, *, input_span: Span | None = None) -> list[SpecWarning]:
     """The warnings for a traced spec, in the order its layers run; `input_span` is where the
     spec's `input` statement is (for a note), when that statement gave the traced shape."""
     flow = _Flow(summary.rows)
-    modules = {r.name: net.get_submodule(r.name) for r in summary if r.kind in ("layer", "join")}
+    named = dict(net.named_modules(remove_duplicate=False))  # one walk; get_submodule per row is 10x slower
+    modules = {r.name: named[r.name] for r in summary if r.kind in ("layer", "join")}
     findings = [*_end_softmax(flow, modules), *_dropout_after_output(flow, modules),
                 *_bias_before_norm(flow, modules), *_activation_twice(flow, modules), *_drops_edge(summary, modules),
                 *_no_channel_axis(summary, flow, modules, input_span), *_one_layer_params(summary, modules)]
     findings.sort(key=lambda finding: finding[0].index)  # stable: one layer's warnings keep the order above
     return _once([SpecWarning(code, message, row.span, (*notes, *flow.callers(row)))
                   for row, code, message, notes in findings])
-
-
-Finding = tuple[Row, str, str, tuple[str, ...]]  # the row warned about, code, message, notes
 
 
 # The order layers run in ------------------------------------------------------------
@@ -134,9 +134,6 @@ class _Flow:
                 self.fed.setdefault(feeder.name, []).append(row)
             feeder, join = row, None
         return feeder, join
-
-    def row(self, name: str) -> Row:
-        return self.rows[name]
 
     def backwards(self) -> list[Row]:
         """The rows from the output back towards the input, through layers and joins."""
@@ -239,7 +236,7 @@ def _activation_twice(flow: _Flow, modules: dict[str, nn.Module]) -> list[Findin
         join = flow.entered.get(name)
         if join is not None and isinstance(modules[join.name], Mul):
             continue
-        row = flow.row(name)
+        row = flow.rows[name]
         notes = [f"{first.layer} is at {first.span.at(row.span)}"] if first.span and row.span else []
         if type(second) is type(before) and isinstance(second, IDEMPOTENT) and repr(second) == repr(before):
             notes.append(f"{row.layer} of {first.layer} is {first.layer}: the second does nothing")
@@ -277,10 +274,13 @@ def _dropped(module: nn.Module, row: Row) -> tuple[tuple[int, ...], str | None]:
     sizes, outs = row.input_shape[-n:], row.output_shape[-n:]
     dropped, pads = [], []
     for size, out, k, s, p, d in zip(sizes, outs, kernel, stride, padding, dilation):
-        reach = d * (k - 1) + 1
-        lost = _lost(size, out, reach, s, p)
+        if {j * d % s for j in range(k)} != set(range(s)):  # skips rows between windows by design (k1 s2), so
+            dropped.append(0)                                # the last rows it skips are no different
+            pads.append(p)
+            continue
+        lost = _lost(size, out, k, s, p, d)
         dropped.append(lost)
-        pads.append(p if not lost else _padding_that_fits(size, reach, s, p, isinstance(module, POOLS)))
+        pads.append(p if not lost else _padding_that_fits(size, k, s, p, d, isinstance(module, POOLS)))
     fix = None if None in pads else (str(pads[0]) if len(set(pads)) == 1 else "x".join(map(str, pads)))
     return tuple(dropped), fix
 
@@ -290,20 +290,24 @@ def _per_axis(value: int | tuple[int, ...], n: int) -> tuple[int, ...]:
     return tuple(value) if isinstance(value, (tuple, list)) else (value,) * n
 
 
-def _lost(size: int, out: int, reach: int, stride: int, padding: int) -> int:
-    """Input rows after the last window's end. A window narrower than its stride skips rows between
-    windows by design (a 1x1 conv with stride 2), so those at the end are no different: none counted."""
-    if reach < stride:
-        return 0
-    return max(0, (padding + size - 1) - (stride * (out - 1) + reach - 1))
+def _lost(size: int, out: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    """The input's last rows that no window reads: past the last window, or in its holes (dilation)."""
+    reach = dilation * (kernel - 1) + 1
+    last_windows = range(max(0, out - reach // stride - 2), out)  # the only ones that reach the last rows
+    read = {stride * i + dilation * j for i in last_windows for j in range(kernel)}
+    row = padding + size - 1  # the last input row, counted in padded rows
+    lost = 0
+    while lost < size and row - lost not in read:
+        lost += 1
+    return lost
 
 
-def _padding_that_fits(size: int, reach: int, stride: int, padding: int, pool: bool) -> int | None:
+def _padding_that_fits(size: int, kernel: int, stride: int, padding: int, dilation: int, pool: bool) -> int | None:
     """The smallest padding above `padding` with which no row is lost; None if there is none torch allows
     (a pool pads at most half its window; a conv padded by its whole window reads padding alone)."""
-    most = reach // 2 if pool else reach - 1
-    for p in range(padding + 1, most + 1):
-        if _lost(size, (size + 2 * p - reach) // stride + 1, reach, stride, p) == 0:
+    reach = dilation * (kernel - 1) + 1
+    for p in range(padding + 1, (reach // 2 if pool else reach - 1) + 1):
+        if _lost(size, (size + 2 * p - reach) // stride + 1, kernel, stride, p, dilation) == 0:
             return p
     return None
 
@@ -347,10 +351,10 @@ def _one_layer_params(summary: Summary, modules: dict[str, nn.Module]) -> list[F
     for row in weighted:
         if row.params > MOST_PARAMS * total:
             module = modules[row.name]
-            pooled = any(isinstance(modules[r.name], WINDOWS) for r in weighted if r.index < row.index)
+            convolved = any(isinstance(modules[r.name], CONVS) for r in weighted if r.index < row.index)
             how = ("fewer channels, or a smaller kernel, make it smaller" if not isinstance(module, nn.Linear) else
                    f"it takes {module.in_features:,} features: pooling the feature map smaller before flatten "
-                   f"(adaptiveavgpool), or fewer features, make it smaller" if pooled else
+                   f"(adaptiveavgpool), or fewer features, make it smaller" if convolved else
                    f"it takes {module.in_features:,} features: fewer features make it smaller")
             found.append((row, ONE_LAYER_PARAMS,
                           f"{row.layer} holds {row.params / total:.1%} of the network's {total:,} parameters: one "

@@ -2,6 +2,8 @@
 about, and not on its close negatives; torch itself confirms what the warnings claim."""
 
 import copy
+import random
+import re
 from pathlib import Path
 
 import pytest
@@ -222,6 +224,33 @@ def test_one_axis_or_the_other_and_one_dimensional():
     assert lint(net, summary)[0].message.endswith("drops the last 2 positions; with p1 or ceil=true it keeps them")
     assert unread(net[0], (1, 2, 10), 2) == 2
     assert warnings_of("input 2x10\navgpool(4, p1)") == []
+
+
+def test_the_rows_said_to_be_dropped_are_those_torch_never_reads():
+    """Random 1-d windows (kernel, stride, padding, dilation, ceil mode): the count in the warning, or its
+    absence, agrees with perturbing the input's last positions one by one."""
+    rng = random.Random(0)
+    checked = warned = 0
+    for _ in range(160):
+        kind = rng.choice(["conv(2, ", "maxpool(", "avgpool("])
+        k, d = rng.randint(1, 5), rng.randint(1, 2) if kind != "avgpool(" else 1
+        s = rng.randint(1, min(4, d * (k - 1) + 2))  # mostly windows as wide as the stride, sometimes narrower
+        p = rng.randint(0, (d * (k - 1) + 1) // 2)
+        size = rng.randint(d * (k - 1) + 1, 20)
+        call = f"{kind}k{k}, s{s}, p{p}" + (f", d{d}" if kind != "avgpool(" else "") + \
+            (f", ceil={rng.choice(['true', 'false'])}" if kind != "conv(2, " else "") + ")"
+        try:
+            net, summary = traced(f"input 2x{size}\n{call}")
+        except ArchError:  # a window torch refuses (a pool's output would start in the padding)
+            continue
+        ws = [w for w in lint(net, summary) if w.code == DROPS_EDGE]  # 2x2 is also a square input
+        said = int(re.search(r"the last (\d+ )?position", ws[0].message).group(1) or 1) if ws else 0
+        if {j * d % s for j in range(k)} == set(range(s)):  # else it skips positions by design: not warned
+            assert said == unread(net[0], (1, 2, size), 2), call
+            checked, warned = checked + 1, warned + bool(said)
+        else:
+            assert said == 0, call
+    assert checked >= 60 and warned >= 10  # both answers were put to torch
 
 
 # 6. a two-axis input read by a conv -------------------------------------------------------------
