@@ -2,11 +2,15 @@
 
 torch is imported only once a spec has been read without mistakes: `tracer` is imported
 inside `trace` and `build`, so a syntax or spec error is reported without it (~2 s).
+
+`trace` also takes any nn.Module, or a reference to one (`torchvision:resnet50`,
+`package.module:name`), and gives its table the same way (see torchmodule.py).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from typing import TYPE_CHECKING, Any, Union
 
 from . import syntax as S
@@ -21,6 +25,25 @@ if TYPE_CHECKING:
 
 SpecLike = Union[str, "os.PathLike[str]", S.Spec]
 ShapeLike = Union[str, tuple[int, ...], list[int], None]
+ModelLike = Union[SpecLike, "nn.Module"]  # a spec, a module, or a reference to one
+
+
+def _is_module(spec: object) -> bool:
+    """An nn.Module, or a reference to one: `package.module:name`, dotted Python names around one colon.
+
+    The grammar has no colon outside strings and comments, so no spec text reads as a reference;
+    a file of that name is a spec all the same.
+    """
+    if isinstance(spec, str):
+        module, colon, attr = spec.partition(":")
+        return (bool(colon) and all(n.isidentifier() for n in (*module.split("."), *attr.split(".")))
+                and not os.path.lexists(spec))
+    torch = sys.modules.get("torch")  # without torch imported, nothing is an nn.Module
+    return torch is not None and isinstance(spec, torch.nn.Module)
+
+
+def _named(spec: object) -> str:
+    return spec if isinstance(spec, str) else type(spec).__name__
 
 
 def plan(spec: SpecLike, input_shape: ShapeLike = None, **params: Any) -> Plan:
@@ -38,13 +61,24 @@ def _traceable(spec: SpecLike, input_shape: ShapeLike, params: dict[str, Any]) -
     return resolved
 
 
-def trace(spec: SpecLike, input_shape: ShapeLike = None, *, batch: int = 1, **params: Any) -> Summary:
+def trace(spec: ModelLike, input_shape: ShapeLike = None, *, batch: int = 1, **params: Any) -> Summary:
     """The rows `archdsl shapes` prints: each layer's output shape and parameter count.
 
     Runs on the meta device: no real tensors are allocated, whatever the input size.
     `input_shape` (C x H x W, e.g. (1, 28, 28) or "1x28x28") replaces the spec's
     `input`; keyword arguments set the spec's params (`ratio=4`).
+
+    `spec` may also be an nn.Module or a reference to one (`"torchvision:resnet50"`,
+    `"package.module:name"`): its forward is traced on a meta copy, one row per module
+    call; `input_shape` is then required and there are no params.
     """
+    if _is_module(spec):
+        if params:
+            raise ArchError(f"{_named(spec)} is a module, which has no params to set; "
+                            f"{next(iter(params))}= (--set) is for a spec's params")
+        from .torchmodule import trace_module  # torch: a module needs it
+
+        return trace_module(spec, input_shape, batch)
     resolved = _traceable(spec, input_shape, params)
     from .tracer import trace_plan  # torch, now that the spec is known to be sound
 
@@ -55,8 +89,12 @@ def build(spec: SpecLike, input_shape: ShapeLike = None, **params: Any) -> nn.Se
     """Compile a spec into a plain nn.Sequential with initialised parameters on the CPU.
 
     `spec` is a path to a .arch file or spec text; the other arguments are as for `trace`.
-    Raises ArchError (a ValueError) with the place in the spec for any mistake.
+    Raises ArchError (a ValueError) with the place in the spec for any mistake; a module,
+    or a reference to one, has nothing to compile and is refused.
     """
+    if _is_module(spec):
+        raise ArchError(f"{_named(spec)} is a module already: build compiles a spec into one "
+                        f"(trace takes modules, for their shapes)")
     resolved = _traceable(spec, input_shape, params)
     from .tracer import materialize, trace_plan  # torch, now that the spec is known to be sound
 
