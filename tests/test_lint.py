@@ -233,16 +233,13 @@ def test_the_rows_said_to_be_dropped_are_those_torch_never_reads():
     checked = warned = 0
     for _ in range(160):
         kind = rng.choice(["conv(2, ", "maxpool(", "avgpool("])
-        k, d = rng.randint(1, 5), rng.randint(1, 2) if kind != "avgpool(" else 1
+        k, d = rng.randint(1, 5), rng.randint(1, 2) if kind == "conv(2, " else 1  # pools take no dilation
         s = rng.randint(1, min(4, d * (k - 1) + 2))  # mostly windows as wide as the stride, sometimes narrower
         p = rng.randint(0, (d * (k - 1) + 1) // 2)
         size = rng.randint(d * (k - 1) + 1, 20)
-        call = f"{kind}k{k}, s{s}, p{p}" + (f", d{d}" if kind != "avgpool(" else "") + \
-            (f", ceil={rng.choice(['true', 'false'])}" if kind != "conv(2, " else "") + ")"
-        try:
-            net, summary = traced(f"input 2x{size}\n{call}")
-        except ArchError:  # a window torch refuses (a pool's output would start in the padding)
-            continue
+        call = f"{kind}k{k}, s{s}, p{p}" + (f", d{d}" if kind == "conv(2, " else
+                                            f", ceil={rng.choice(['true', 'false'])}") + ")"
+        net, summary = traced(f"input 2x{size}\n{call}")
         ws = [w for w in lint(net, summary) if w.code == DROPS_EDGE]  # 2x2 is also a square input
         said = int(re.search(r"the last (\d+ )?position", ws[0].message).group(1) or 1) if ws else 0
         if {j * d % s for j in range(k)} == set(range(s)):  # else it skips positions by design: not warned
@@ -250,7 +247,7 @@ def test_the_rows_said_to_be_dropped_are_those_torch_never_reads():
             checked, warned = checked + 1, warned + bool(said)
         else:
             assert said == 0, call
-    assert checked >= 60 and warned >= 10  # both answers were put to torch
+    assert checked >= 100 and warned >= 8  # both answers were put to torch
 
 
 # 6. a two-axis input read by a conv -------------------------------------------------------------
