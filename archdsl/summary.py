@@ -58,9 +58,10 @@ class Row:
         return {
             "index": self.index, "name": self.name, "depth": self.depth, "kind": self.kind,
             "layer": self.layer, "module": self.module, "input_shape": list(self.input_shape),
-            "output_shape": list(self.output_shape), "params": self.params, "trainable": self.trainable, "frozen": self.frozen,
-            "mult_adds": self.mult_adds, "kernel": listed(self.kernel), "output_bytes": self.output_bytes,
-            "flops": self.flops, "receptive_field": listed(self.receptive_field), "stride": listed(self.stride),
+            "output_shape": list(self.output_shape), "params": self.params, "trainable": self.trainable,
+            "frozen": self.frozen, "mult_adds": self.mult_adds, "kernel": listed(self.kernel),
+            "output_bytes": self.output_bytes, "flops": self.flops, "receptive_field": listed(self.receptive_field),
+            "stride": listed(self.stride),
             "file": self.span.source.name if self.span else None, "line": self.line, "column": self.column,
         }
 
@@ -157,16 +158,19 @@ class Summary:
         kept, widths = _fit(chosen, cells, width)
 
         def line(texts: list[str]) -> str:
-            return GAP.join(_pad(_cut(t, widths[c.name]), widths[c.name], c.align) for c, t in zip(kept, texts)).rstrip()
+            return GAP.join(_pad(_cut(t, widths[c.name]), widths[c.name], c.align)
+                            for c, t in zip(kept, texts)).rstrip()
 
         rule = "-" * (sum(widths[c.name] for c in kept) + len(GAP) * (len(kept) - 1))
         out = [self._title(width), rule, line([c.header for c in kept]), rule,
                *(line([cells[c.name][i] for c in kept]) for i in range(len(rows))), rule]
-        hidden = ", ".join(c.name for c in chosen if c not in kept)
+        hidden = ", ".join(n for n in DROP_ORDER if n in {c.name for c in chosen if c not in kept})
         if hidden:  # only a width hides columns
             out += textwrap.wrap(f"hidden to fit {width} characters: {hidden}", width or len(hidden))
         for n, group in enumerate(self._totals()):
-            out += [rule] * (n > 0) + group
+            out += [rule] * (n > 0)
+            out += [part for total in group for part in (textwrap.wrap(total, width, subsequent_indent="  ")
+                                                          if width else [total])]
         return "\n".join(out)
 
     def to_markdown(self, depth: int | None = None, *, columns: ColumnsLike = None) -> str:
