@@ -32,12 +32,12 @@ def _is_module(spec: object) -> bool:
     """An nn.Module, or a reference to one: `package.module:name`, dotted Python names around one colon.
 
     The grammar has no colon outside strings and comments, so no spec text reads as a reference;
-    a file of that name is a spec all the same.
+    a file of that name, or a name ending in .arch, is a spec file all the same.
     """
     if isinstance(spec, str):
         module, colon, attr = spec.partition(":")
         return (bool(colon) and all(n.isidentifier() for n in (*module.split("."), *attr.split(".")))
-                and not os.path.lexists(spec))
+                and not spec.endswith(".arch") and not os.path.lexists(spec))
     torch = sys.modules.get("torch")  # without torch imported, nothing is an nn.Module
     return torch is not None and isinstance(spec, torch.nn.Module)
 

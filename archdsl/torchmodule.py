@@ -40,6 +40,7 @@ from typing import Any, Iterator
 
 import torch
 from torch import nn
+from torch.nn.parameter import UninitializedBuffer, UninitializedParameter, is_lazy
 
 from .errors import ArchError, ShapeError, clip
 from .limits import limit, raise_hint
@@ -65,7 +66,11 @@ def trace_module(model: nn.Module | str, input_shape: str | tuple[int, ...] | li
     if math.prod(shape) >= _MOST_ELEMENTS:
         raise ArchError(f"an input of shape {show_shape(shape)} holds {math.prod(shape):.3g} numbers, "
                         f"more than a tensor can (2^61)")
-    net = meta_copy(load(model) if isinstance(model, str) else model)
+    module = load(model) if isinstance(model, str) else model
+    if isinstance(module, torch.jit.ScriptModule):  # it takes no hooks
+        raise ArchError(f"{label} is a TorchScript module, which archdsl cannot trace: pass the nn.Module it was "
+                        f"scripted from")
+    net = meta_copy(module)
     return _Recorder(net, label).run(torch.empty(shape, dtype=_input_dtype(net), device="meta"))
 
 
@@ -176,18 +181,28 @@ def meta_copy(module: nn.Module) -> nn.Module:
 
     The deepcopy memo maps each of them to its meta twin before the copy is made, so no
     tensor's data is ever copied: a model of any size costs only its Python objects.
-    Parameters shared between modules stay shared; requires_grad and dtype are kept.
+    Parameters shared between modules stay shared; requires_grad and dtype are kept. A lazy
+    module's (LazyLinear's) stay uninitialised, on meta: the forward gives them their sizes.
     """
-    memo: dict[int, Any] = {}
-    for m in module.modules():
-        for p in m.parameters(recurse=False):
-            memo.setdefault(id(p), nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad))
-        for t in (*m.buffers(recurse=False), *(v for v in vars(m).values() if isinstance(v, torch.Tensor))):
-            memo.setdefault(id(t), torch.empty_like(t, device="meta"))
     try:
+        memo: dict[int, Any] = {}
+        for m in module.modules():
+            for t in (*m.parameters(recurse=False), *m.buffers(recurse=False),
+                      *(v for v in vars(m).values() if isinstance(v, torch.Tensor))):
+                if id(t) not in memo:
+                    memo[id(t)] = _meta_twin(t)
         return copy.deepcopy(module, memo)
     except Exception as e:  # noqa: BLE001 - a module that refuses to be copied (it holds a lock, a file)
         raise ArchError(f"cannot copy {type(module).__name__} to trace it: {_raised(e)}") from None
+
+
+def _meta_twin(t: torch.Tensor) -> torch.Tensor:
+    """A meta tensor that stands for `t`: a parameter for a parameter, uninitialised for uninitialised."""
+    if is_lazy(t):
+        kind = UninitializedParameter if isinstance(t, nn.Parameter) else UninitializedBuffer
+        return kind(t.requires_grad, device="meta", dtype=t.dtype)
+    twin = torch.empty_like(t, device="meta")
+    return nn.Parameter(twin, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else twin
 
 
 # Hooks -------------------------------------------------------------------------

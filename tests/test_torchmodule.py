@@ -163,6 +163,15 @@ def test_frozen_parameters_and_the_models_dtype():
     assert half[1].output_bytes == 2 * 2  # float16 outputs: 2 bytes an element
 
 
+def test_a_lazy_module_gets_its_sizes_from_the_forward_and_stays_lazy():
+    net = nn.Sequential(nn.LazyConv2d(8, 3), nn.LazyBatchNorm2d(), nn.Flatten(), nn.LazyLinear(3))
+    summary = archdsl.trace(net, "3x10x10", batch=2)
+    assert all(isinstance(p, nn.parameter.UninitializedParameter) for p in net.parameters())
+    net(torch.zeros(2, 3, 10, 10))  # torch sizes them on a real batch: the oracle
+    assert summary.total_params == sum(p.numel() for p in net.parameters())
+    assert [r.module for r in summary][1:] == [repr(m) for m in net]
+
+
 def test_a_reference_imports_from_the_working_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "mymodels.py").write_text(textwrap.dedent("""
@@ -206,6 +215,9 @@ def test_a_reference_imports_from_the_working_directory(tmp_path, monkeypatch):
     (tmp_path / "mymodels:make").write_text("input 4\nlinear(7)\n")
     assert archdsl.trace("mymodels:make").output_shape == (1, 7)
     assert archdsl.trace("input 4 # see: mymodels:make\nlinear(2)").output_shape == (1, 2)
+    with pytest.raises(ArchError) as e:
+        archdsl.trace("mymodels:small.arch")
+    assert e.value.message.startswith("no such spec file")
 
 
 def test_torchvision_names_and_no_downloads(monkeypatch):
@@ -233,6 +245,11 @@ def test_a_module_needs_an_input_shape_and_has_no_params_nor_build():
         archdsl.build("torchvision:resnet18")
     with pytest.raises(ArchError, match=r"^Linear is a module already"):
         archdsl.build(nn.Linear(2, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "torch.jit.script is deprecated"
+        scripted = torch.jit.script(nn.Linear(2, 2))
+    with pytest.raises(ArchError, match=r"^RecursiveScriptModule is a TorchScript module"):
+        archdsl.trace(scripted, "2")
 
 
 def test_a_failing_forward_names_the_innermost_module_with_the_rows_so_far():
