@@ -394,8 +394,8 @@ def _fit(columns: tuple[Column, ...], cells: dict[str, list[str]], width: int | 
          ) -> tuple[list[Column], dict[str, int]]:
     """The columns kept and each one's width, so that a line takes at most `width` characters.
 
-    Numbers and shapes keep their width. The text columns share what is left, the narrower
-    first, none cut below LEAST_WIDTH; if that does not fit, columns go in DROP_ORDER.
+    Numbers and shapes keep their width. The text columns take what is left, the layer first,
+    none cut below LEAST_WIDTH; if that does not fit, columns go in DROP_ORDER.
     """
     natural = {c.name: max(map(_shown_width, [c.header, *cells[c.name]])) for c in columns}
     if width is None:
@@ -411,14 +411,20 @@ def _fit(columns: tuple[Column, ...], cells: dict[str, list[str]], width: int | 
         droppable = [c for c in kept if c.name in DROP_ORDER]
         if not droppable:
             break  # the layer and the output shape at their narrowest: wider than asked, never wrapped
-        kept.remove(min(droppable, key=lambda c: DROP_ORDER.index(c.name)))
+        kept.remove(min(droppable, key=_rank))
     widths = dict(natural)
-    shrinking = sorted((c for c in kept if c.shrinks), key=lambda c: natural[c.name])
+    shrinking = sorted((c for c in kept if c.shrinks), key=_rank, reverse=True)
     room = width - need([c for c in kept if not c.shrinks], natural) - len(GAP) * len(shrinking)
     for i, c in enumerate(shrinking):
-        widths[c.name] = max(least[c.name], min(natural[c.name], room // (len(shrinking) - i)))
+        rest = sum(least[d.name] for d in shrinking[i + 1:])  # what the text columns after it need
+        widths[c.name] = max(least[c.name], min(natural[c.name], room - rest))
         room -= widths[c.name]
     return kept, widths
+
+
+def _rank(column: Column) -> int:
+    """How long a column stays as the width shrinks: its place in DROP_ORDER; past it for those never dropped."""
+    return DROP_ORDER.index(column.name) if column.name in DROP_ORDER else len(DROP_ORDER)
 
 
 def _shown_width(text: str) -> int:

@@ -115,6 +115,18 @@ def test_the_module_column_shrinks_with_an_ellipsis(traced):
     assert cut > 50 and max(map(len, lines)) <= 100
 
 
+def test_the_layer_keeps_its_text_before_the_module_does(traced):
+    summary = traced["alexnet.arch"]
+    lines = summary.table(columns="layer,module,output_size", width=80).splitlines()
+    spans = cell_spans(lines[2], ["layer", "module", "output shape"])
+    layers = [line[slice(*spans["layer"])].rstrip() for line in lines[4:4 + len(summary)]]
+    modules = [line[slice(*spans["module"])].rstrip() for line in lines[4:4 + len(summary)]]
+    assert layers == [r.layer for r in summary]
+    room = 80 - len("conv(96, k11, s4, p1)") - len("(1, 256, 26, 26)") - 2 * 2  # what the module gets
+    assert [m.endswith("…") for m in modules] == [len(compact(r.module)) > room for r in summary]
+    assert sum(m.endswith("…") for m in modules) == 8 and max(map(len, lines)) == 80
+
+
 def test_wide_characters_count_two_columns():
     summary = archdsl.trace("input 4\nlinear( # 漢字漢字漢字漢字漢字漢字漢字漢字漢字漢字漢字漢字漢字\n 8) relu")
     assert "漢字" in summary.table()  # not cut without a width
