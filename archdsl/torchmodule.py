@@ -262,16 +262,19 @@ class _Recorder:
         if not self.running:
             return
         call = self.running.pop()
-        y = _first_tensor(output)
-        out = _shape(y)
+        self.rows[call.at] = self.row(call, _first_tensor(output), *self.uncounted(module))
+
+    def row(self, call: _Call, y: torch.Tensor | None, params: int = 0, trainable: int = 0) -> Row:
+        """The row of `call`, whose output is `y` (None: it failed, or gave no tensor): its own counts, then
+        those of the calls made inside it (the rows after its own, one level deeper)."""
+        module, out = call.module, _shape(y)
         inner = [r for r in self.rows[call.at + 1:] if r is not None and r.depth == call.depth + 1]
-        params, trainable = self.uncounted(module)
-        self.rows[call.at] = Row(
-            call.at + 1, self.names[id(module)], call.depth, "block" if _has_children(module) else "layer",
-            self.layer_text(module), " ".join(_one_line(module).split()), out, params + sum(r.params for r in inner),
-            None, call.input_shape, trainable + sum(r.trainable for r in inner),
-            mult_adds(module, call.input_shape, out) + sum(r.mult_adds for r in inner), kernel(module),
-            output_bytes(out, y.element_size()) if y is not None else 0)
+        own_mult_adds = mult_adds(module, call.input_shape, out) if y is not None else 0
+        return Row(call.at + 1, self.names[id(module)], call.depth, "block" if _has_children(module) else "layer",
+                   self.layer_text(module), " ".join(_one_line(module).split()), out,
+                   params + sum(r.params for r in inner), None, call.input_shape,
+                   trainable + sum(r.trainable for r in inner), own_mult_adds + sum(r.mult_adds for r in inner),
+                   kernel(module), output_bytes(out, y.element_size()) if y is not None else 0)
 
     def uncounted(self, module: nn.Module) -> tuple[int, int]:
         """(parameters, trainable) of `module` and all it holds that no row has counted yet: those of the calls
@@ -303,12 +306,7 @@ class _Recorder:
         """The rows traced before a failure. A call still running (the failing one and those around it) has its
         row, with the counts of what ran inside it and no output shape, so that the nesting reads as it did."""
         for call in reversed(self.running):
-            inner = [r for r in self.rows[call.at + 1:] if r is not None and r.depth == call.depth + 1]
-            self.rows[call.at] = Row(
-                call.at + 1, self.names[id(call.module)], call.depth,
-                "block" if _has_children(call.module) else "layer", self.layer_text(call.module),
-                " ".join(_one_line(call.module).split()), (), sum(r.params for r in inner), None, call.input_shape,
-                sum(r.trainable for r in inner), sum(r.mult_adds for r in inner), kernel(call.module))
+            self.rows[call.at] = self.row(call, None)
         return Summary(self.label, tuple(x.shape), tuple(r for r in self.rows if r is not None), complete=False)
 
 
