@@ -166,11 +166,9 @@ class Summary:
                *(line([cells[c.name][i] for c in kept]) for i in range(len(rows))), rule]
         hidden = ", ".join(n for n in DROP_ORDER if n in {c.name for c in chosen if c not in kept})
         if hidden:  # only a width hides columns
-            out += textwrap.wrap(f"hidden to fit {width} characters: {hidden}", width or len(hidden))
+            out += _folded([f"hidden to fit {width} characters: {hidden}"], width)
         for n, group in enumerate(self._totals()):
-            out += [rule] * (n > 0)
-            out += [part for total in group for part in (textwrap.wrap(total, width, subsequent_indent="  ")
-                                                          if width else [total])]
+            out += [rule] * (n > 0) + _folded(group, width)
         return "\n".join(out)
 
     def to_markdown(self, depth: int | None = None, *, columns: ColumnsLike = None) -> str:
@@ -294,7 +292,7 @@ class Column:
     cell: Callable[[Row, Summary], str]  # the text people read
     fields: tuple[str, ...]  # the keys of a JSON (and CSV) row that hold its values
     about: str  # for --help
-    aliases: tuple[str, ...] = ()  # torchinfo's name and other spellings --columns takes
+    aliases: tuple[str, ...] = ()  # other names --columns takes (the names are torchinfo's where it has them)
     shrinks: bool = False  # cut with "…" to fit the width; the other columns (shapes, numbers) never are
     indented: bool = False  # indented by the row's depth
 
@@ -442,6 +440,13 @@ def _cut(text: str, width: int) -> str:
         if used >= width:  # text[:n] leaves room for the ellipsis
             return clip(text, n + 1)
     return text
+
+
+def _folded(lines: list[str], width: int | None) -> list[str]:
+    """Lines under a table folded to its width, the folds indented."""
+    if width is None:
+        return lines
+    return [part for line in lines for part in textwrap.wrap(line, width, subsequent_indent="  ")]
 
 
 def _pad(text: str, width: int, align: str) -> str:
