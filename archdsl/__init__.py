@@ -5,7 +5,8 @@
     print(archdsl.trace("specs/vgg.arch", ratio=4))      # the shape table
     tree = archdsl.parse("conv(6, k5, p2) sigmoid")     # the syntax tree
 
-Importing archdsl is cheap: torch is imported on first use of build, trace or train.
+Importing archdsl is cheap: the parser (lark) is imported on first use of parse, build or
+trace, torch on first use of build, trace or train; `archdsl --help` needs neither.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .errors import ArchError, ShapeError, SpecSyntaxError
-from .parser import parse
 
 __version__ = "0.1.0"
 
@@ -21,13 +21,14 @@ __all__ = ["ArchError", "ShapeError", "SpecSyntaxError", "Summary", "build", "pa
 
 if TYPE_CHECKING:
     from .api import build, trace
+    from .parser import parse
     from .summary import Summary
     from .trainer import train
 
-_LAZY = {"build": "api", "trace": "api", "Summary": "summary", "train": "trainer"}
+_LAZY = {"build": "api", "trace": "api", "parse": "parser", "Summary": "summary", "train": "trainer"}
 
 
-def __getattr__(name: str) -> Any:  # PEP 562: import torch only when it is needed
+def __getattr__(name: str) -> Any:  # PEP 562: import lark and torch only when they are needed
     if name in _LAZY:
         import importlib
 

@@ -32,7 +32,7 @@ class _OnFirstUse:
         return getattr(importlib.import_module(self._name), attr)
 
 
-torch, nn, modules = _OnFirstUse("torch"), _OnFirstUse("torch.nn"), _OnFirstUse(f"{__package__}.modules")
+nn, modules = _OnFirstUse("torch.nn"), _OnFirstUse(f"{__package__}.modules")
 
 Shape = tuple[int, ...]
 
@@ -91,6 +91,29 @@ def _axis(dim: int, x: Shape, name: str, arg: str = "dim") -> int:
 
 # Convolution, linear and pooling ---------------------------------------------
 
+def _slide(size: int, kernel: int, stride: int, padding: int, dilation: int = 1, ceil: bool = False) -> int:
+    """How many windows fit along one axis, counted as torch counts them for convolution and pooling.
+
+    With `ceil`, a last partial window counts, unless it would start in the right padding.
+    The builders have checked that one window fits, so this is at least 1.
+    """
+    reach = dilation * (kernel - 1) + 1
+    out = (size + 2 * padding - reach + (stride - 1 if ceil else 0)) // stride + 1
+    if ceil and (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
+def _conv_shape(x: Shape, a: Args) -> Shape:
+    n = len(x) - 2
+    if a.padding == "same":
+        return (x[0], a.channels, *x[2:])
+    padding = 0 if a.padding == "valid" else a.padding
+    windows = zip(x[2:], _per_axis(a.kernel, n, "kernel"), _per_axis(a.stride, n, "stride"),
+                  _per_axis(padding, n, "padding"), _per_axis(a.dilation, n, "dilation"))
+    return (x[0], a.channels, *(_slide(*w) for w in windows))
+
+
 @layer("conv",
        Arg("channels", POSITIVE, aliases=("out_channels",), doc="output channels"),
        Arg("kernel", Sizes(1), tag="k", aliases=("kernel_size",)),
@@ -99,7 +122,7 @@ def _axis(dim: int, x: Shape, name: str, arg: str = "dim") -> int:
        Arg("dilation", Sizes(1), 1, tag="d"),
        Arg("groups", POSITIVE, 1, tag="g"),
        Arg("bias", Bool(), True, keyword_only=True),
-       infers="in_channels come from its input")
+       out_shape=_conv_shape, infers="in_channels come from its input")
 def conv(x: Shape, a: Args) -> nn.Module:
     """Convolution (nn.Conv1d/2d/3d by input rank); in_channels come from the input.
     Windows may be rectangular (`k1x7 p0x3`, `kernel=(1, 7)`); `padding=same` keeps the size (stride 1)."""
@@ -143,6 +166,13 @@ def linear(x: Shape, a: Args) -> nn.Module:
     return nn.Linear(x[-1], a.features, bias=a.bias)
 
 
+def _pool_shape(x: Shape, a: Args) -> Shape:
+    n = len(x) - 2
+    windows = zip(x[2:], _per_axis(a.kernel, n, "kernel"), _per_axis(a.stride or a.kernel, n, "stride"),
+                  _per_axis(a.padding, n, "padding"))
+    return (*x[:2], *(_slide(*w, ceil=a.ceil) for w in windows))
+
+
 def _pooling(name: str, cls: str, what: str) -> None:
     """Register max or average pooling: the same arguments, checks and dimension choice (nn.{cls}1d/2d/3d)."""
 
@@ -153,6 +183,9 @@ def _pooling(name: str, cls: str, what: str) -> None:
         if any(p > k // 2 for p, k in zip(padding, kernel)):
             raise ShapeProblem(f"padding {show(a.padding)} is more than half the kernel {show(a.kernel)}", arg="padding")
         _window(x, a.kernel, stride, a.padding)
+        if cls == "AvgPool" and n == 3 and any(size < k for size, k in zip(x[2:], kernel)):  # torch's AvgPool3d
+            raise ShapeProblem(f"kernel {show(a.kernel)} is larger than the input {'x'.join(map(str, x[2:]))}: 3d "
+                               f"average pooling needs it to fit without the padding")
         return getattr(nn, f"{cls}{n}d")(kernel_size=a.kernel, stride=stride, padding=a.padding, ceil_mode=a.ceil)
 
     build.__doc__ = f"{what} pooling (nn.{cls}2d and its 1d/3d kin); the stride defaults to the kernel."
@@ -160,7 +193,7 @@ def _pooling(name: str, cls: str, what: str) -> None:
           Arg("kernel", Sizes(1), tag="k", aliases=("kernel_size",)),
           Arg("stride", Sizes(1), None, tag="s", shown_default="kernel"),
           Arg("padding", Sizes(0), 0, tag="p"),
-          Arg("ceil", Bool(), False, aliases=("ceil_mode",)))(build)
+          Arg("ceil", Bool(), False, aliases=("ceil_mode",)), out_shape=_pool_shape)(build)
 
 
 _pooling("maxpool", "MaxPool", "Max")
@@ -551,14 +584,17 @@ def add(x: Shape, a: Args, paths: Paths) -> nn.Module:
 
 def _broadcast(paths: Paths) -> Shape:
     """The shape the paths' outputs multiply to: same rank (so the batch meets the batch), and on each
-    axis equal sizes or 1."""
+    axis equal sizes or 1. (torch.broadcast_shapes says the same, but imports sympy: ~1 s.)"""
     why = "in rank and, on each axis, in size (or be 1 there)"
     if len({len(shape) for _, shape in paths}) > 1:
         raise _paths_disagree("mul", paths, why)
-    try:
-        return tuple(torch.broadcast_shapes(*(shape for _, shape in paths)))
-    except RuntimeError:
-        raise _paths_disagree("mul", paths, why) from None
+    out = []
+    for sizes in zip(*(shape for _, shape in paths)):
+        others = set(sizes) - {1}
+        if len(others) > 1:
+            raise _paths_disagree("mul", paths, why)
+        out.append(others.pop() if others else 1)
+    return tuple(out)
 
 
 @layer("mul", takes_paths=True, out_shape=lambda x, a, paths: _broadcast(paths))

@@ -22,7 +22,6 @@ from . import layers as _layers  # noqa: F401  (registers the built-in layers)
 from . import syntax as S
 from .errors import ArchError, ErrorLog, Source, Span, clip, first_at, os_reason
 from .limits import limit, raise_hint
-from .parser import parse_source, read_spec
 from .registry import REGISTRY, REQUIRED, Arg, Bound, CallArg, LayerDef, bind, check_layer_args
 from .values import INPUT, TAG_WORDS, Bool, Int, Real, Value, did_you_mean, evaluate, from_python
 
@@ -295,6 +294,8 @@ class _Expander:
         if path in self.included:
             return  # included twice along different routes: once is enough
         self.included.add(path)
+        from .parser import read_spec  # lark, needed by includes alone: `archdsl layers` lists layers without it
+
         name = f"stdlib/{path.name}" if path.parent == STDLIB else _display(path)
         text = read_spec(path, name, st.span)
         self.files[name] = path
@@ -635,6 +636,8 @@ class _Expander:
 @functools.lru_cache(maxsize=64)
 def _parse_included(name: str, text: str) -> S.Spec:
     """An included file's syntax tree, parsed once per text: the standard library is included again and again."""
+    from .parser import parse_source
+
     return parse_source(Source(name, text))
 
 

@@ -61,10 +61,10 @@ class LayerDef:
     build: Callable[..., Any]  # (in_shape with batch, args namespace[, paths]) -> nn.Module
     doc: str = ""
     takes_paths: bool = False  # joins the paths given as [ ... ] arguments
-    # The output shape, where it follows from the input shape and the arguments by definition
-    # (elementwise layers, linear, joins); the tracer then does not run the module on meta.
-    # Conv and pooling, whose arithmetic is subtle, always run. (torch's meta kernels for relu,
-    # batch norm, cat, ... import torch._dynamo: a second of start-up for `archdsl shapes`.)
+    # The output shape, from the input shape and the arguments; the tracer then does not run the
+    # module on meta. Every built-in layer has one: torch's meta kernels check their arguments with
+    # torch._check, whose first call imports sympy (a second of start-up for `archdsl shapes`).
+    # The arithmetic of conv and pooling is checked against torch's in tests/test_startup.py.
     out_shape: Callable[..., tuple[int, ...]] | None = None
     # For a join whose paths each get a part of the input (split): (in_shape, args, n) -> one shape per path.
     path_inputs: Callable[..., list[tuple[int, ...]]] | None = None
