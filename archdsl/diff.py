@@ -19,7 +19,7 @@ from .values import show_shape
 
 STATUSES = ("changed", "added", "removed", "same")
 MARKS = {"same": " ", "changed": "|", "removed": "<", "added": ">"}  # as `diff --side-by-side` marks its lines
-IDENTICAL = "no differences in shapes, params or mult-adds"
+IDENTICAL = "no differences in layers, shapes, params or mult-adds"
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class Pair:
 
     @property
     def depth(self) -> int:
-        return (self.a or self.b).depth  # paired rows are siblings' children alike, so at one depth
+        return (self.a or self.b).depth  # rows pair only with rows nested as deep: the children of a pair
 
     @property
     def params_delta(self) -> int:
@@ -205,11 +205,19 @@ def _backtrack(history: list[dict[int, int]], x: int, y: int, edits: int) -> lis
 
 # The diff ------------------------------------------------------------------------------------------
 
-# The totals compared, in the shapes table's words: (label, Summary attribute); memory in MB as torchinfo's
-TOTALS = (("Total params", "total_params"), ("Trainable params", "trainable_params"),
-          ("Total mult-adds", "total_mult_adds"))
+def _whole(n: int) -> str:
+    return f"{n:,}"
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.2f}"
+
+
+# The totals compared, in the shapes table's words: (label, Summary attribute, how a value reads)
+TOTALS = (("Total params", "total_params", _whole), ("Trainable params", "trainable_params", _whole),
+          ("Total mult-adds", "total_mult_adds", metric))
 MEMORY = (("Input size (MB)", "input"), ("Forward/backward pass size (MB)", "forward_backward"),
-          ("Params size (MB)", "params"), ("Estimated Total Size (MB)", "total"))
+          ("Params size (MB)", "params"), ("Estimated Total Size (MB)", "total"))  # MB: 10^6 bytes, as torchinfo
 
 
 @dataclass(frozen=True)
@@ -235,11 +243,11 @@ class SummaryDiff:
     def totals(self) -> dict[str, Any]:
         """Both networks' totals and b's minus a's: params, mult-adds, torchinfo's memory in bytes, output."""
         def side(s: Summary) -> dict[str, Any]:
-            return {**{field: getattr(s, field) for _, field in TOTALS}, "memory": s.memory,
+            return {**{field: getattr(s, field) for _, field, _ in TOTALS}, "memory": s.memory,
                     "output_shape": list(s.output_shape)}
 
         a, b = side(self.a), side(self.b)
-        delta = {**{field: b[field] - a[field] for _, field in TOTALS},
+        delta = {**{field: b[field] - a[field] for _, field, _ in TOTALS},
                  "memory": {k: b["memory"][k] - a["memory"][k] for k in a["memory"]},
                  "output_shape_changed": a["output_shape"] != b["output_shape"]}
         return {"a": a, "b": b, "delta": delta}
@@ -260,11 +268,13 @@ class SummaryDiff:
         """
         titles = [self._title("a", self.a, self.label_a, width), self._title("b", self.b, self.label_b, width)]
         head, *body = _side_by_side(self._shown(depth, changed_only), width)
-        totals = _aligned([("", "a", "b", "change"), *self._total_lines()], right={1, 2})
-        if width and max(map(_shown_width, totals)) > width:  # a line each, `label: a -> b (change)`, wrapped
-            totals = [part for label, x, y, change in self._total_lines() for part in textwrap.wrap(
+        values = self._total_lines()
+        totals = _aligned([("", "a", "b", "change"), *values], right={1, 2})
+        if width and max(map(_shown_width, totals)) > width:  # a line each, `label: a -> b, change`, wrapped
+            totals = [part for label, x, y, change in values for part in textwrap.wrap(
                 f"{label}: {x} -> {y}" + (f", {change}" if change else ""), width, subsequent_indent="  ")]
-        rule = "-" * min(max(map(_shown_width, [*titles, head, *body, *totals])), width or 1 << 30)
+        widest = max(map(_shown_width, [*titles, head, *body, *totals]))
+        rule = "-" * (min(widest, width) if width else widest)
         rows = [rule, head, rule, *body] if body else []  # changed_only and nothing changed: no empty table
         foot = "rows: " + ", ".join(f"{n} {s}" for s, n in self.counts.items()) if self.differs else IDENTICAL
         lines = [*titles, *rows, rule, *totals, rule, *(textwrap.wrap(foot, width) if width else [foot])]
@@ -295,27 +305,22 @@ class SummaryDiff:
         return [p for i, p in enumerate(shown) if i in keep]
 
     def _total_lines(self) -> list[tuple[str, str, str, str]]:
+        """(label, a's value, b's value, the change) for each total."""
         t = self.totals()
         a, b = t["a"], t["b"]
-        lines = [(label, f"{a[f]:,}", f"{b[f]:,}", _change(a[f], b[f], lambda n: f"{n:+,}")) for label, f in TOTALS[:2]]
-        label, f = TOTALS[2]
-        lines.append((label, metric(a[f]), metric(b[f]), _change(a[f], b[f], lambda n: ("+" if n > 0 else "-")
-                                                                   + metric(abs(n)))))
-        lines += [(label, _mb(a["memory"][k]), _mb(b["memory"][k]),
-                   _change(a["memory"][k], b["memory"][k], lambda n: f"{n / 1e6:+,.2f}")) for label, k in MEMORY]
+        counts = [(label, a[f], b[f], show) for label, f, show in TOTALS]
+        memory = [(label, a["memory"][k], b["memory"][k], _mb) for label, k in MEMORY]
+        lines = [(label, show(x), show(y), _change(x, y, show)) for label, x, y, show in counts + memory]
         shapes = [show_shape(tuple(s["output_shape"])) for s in (a, b)]
         return [*lines, ("Output", *shapes, "changed" if t["delta"]["output_shape_changed"] else "")]
 
 
-def _mb(n: int) -> str:
-    return f"{n / 1e6:,.2f}"
-
-
 def _change(old: int, new: int, show: Callable[[int], str]) -> str:
-    """A total's change: `-85,712,832 (-66.5%)`; nothing when it is the same."""
+    """A total's change, read as its values are: `-85,712,832 (-66.5%)`, `+2.28 G (+125.4%)`; nothing
+    when it is the same."""
     if old == new:
         return ""
-    return show(new - old) + (f" ({_percent(old, new)})" if old else "")
+    return ("+" if new > old else "-") + show(abs(new - old)) + (f" ({_percent(old, new)})" if old else "")
 
 
 def _percent(old: int, new: int) -> str:

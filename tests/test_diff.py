@@ -70,7 +70,8 @@ def test_vgg_deltas_are_the_two_summaries_totals_apart(vgg, vgg_diff):
     totals = vgg_diff.totals()
     delta = totals["delta"]
     assert delta["total_params"] == b.total_params - a.total_params
-    assert delta["total_params"] == sum(t.numel() for t in net_b.parameters()) - sum(t.numel() for t in net_a.parameters())
+    torch_count = [sum(t.numel() for t in net.parameters()) for net in (net_a, net_b)]
+    assert delta["total_params"] == torch_count[1] - torch_count[0]
     assert delta["total_mult_adds"] == b.total_mult_adds - a.total_mult_adds
     assert delta["memory"] == {k: b.memory[k] - a.memory[k] for k in a.memory}
     top = [p for p in vgg_diff.pairs if p.depth == 0]
@@ -90,7 +91,8 @@ def test_lenet_against_lenet_bn_adds_the_batchnorms_and_pairs_the_rest():
     assert_every_row_once_in_order(d, a, b)
     added = [p.b for p in d.pairs if p.status == "added"]
     assert [r.layer for r in added] == ["batchnorm"] * 4
-    assert [compact(r.module) for r in added] == ["BatchNorm2d(6)", "BatchNorm2d(16)", "BatchNorm1d(120)", "BatchNorm1d(84)"]
+    assert [compact(r.module) for r in added] == ["BatchNorm2d(6)", "BatchNorm2d(16)", "BatchNorm1d(120)",
+                                                  "BatchNorm1d(84)"]
     assert d.counts["removed"] == 0 and all(p.a is not None for p in d.pairs if p.status != "added")
     first = d.pairs[0]  # conv(6, k5, p2) against conv(6, k5): the padding changes the shape, not the weights
     assert (first.status, first.changes) == ("changed", ("shape", "mult_adds", "module"))
