@@ -179,6 +179,57 @@ def _table_width() -> Optional[int]:
     return int(given) if given.isdigit() and int(given) > 0 else None
 
 
+@app.command("diff")
+def diff_(
+    spec_a: str = typer.Argument(..., metavar="A", help=SPEC_HELP, show_default=False),
+    spec_b: Optional[str] = typer.Argument(None, metavar="[B]", show_default=False,
+                                           help="The second spec (default: A again, with --set-b)."),
+    set_: List[str] = typer.Option([], "--set", "-s", help="A param for both sides: --set ratio=4.",
+                                   show_default=False),
+    set_a: List[str] = typer.Option([], "--set-a", help="A param for A only.", show_default=False),
+    set_b: List[str] = typer.Option([], "--set-b", help="A param for B only.", show_default=False),
+    input: Optional[str] = typer.Option(None, "--input", "-i", help=INPUT_HELP, show_default=False),
+    batch: int = typer.Option(1, "--batch", "-b", min=1, max=1_000_000, help="Batch size of the traced inputs."),
+    depth: Optional[int] = typer.Option(None, "--depth", min=0, help="Show rows nested at most this deep."),
+    changed_only: bool = typer.Option(False, "--changed-only", help="Only the rows that differ, in their blocks."),
+    format: Format = typer.Option(Format.table, "--format", "-f", help="table for people, json for programs."),
+    exit_code: bool = typer.Option(False, "--exit-code", help="Exit 1 when the networks differ, 0 when not "
+                                                              "(as git diff --exit-code)."),
+) -> None:
+    """Two networks side by side: what changed in shapes, params and mult-adds, and the totals' deltas.
+
+    Two specs (`archdsl diff specs/resnet18.arch mine.arch`), or one spec at two settings
+    (`archdsl diff specs/vgg.arch --set-b ratio=4`).
+    """
+
+    def run() -> bool:
+        from .api import trace
+        from .diff import diff
+
+        if format not in (Format.table, Format.json):
+            raise ArchError(f"diff prints a table or json, not {format.value}")
+        b = spec_a if spec_b is None else spec_b
+        common = parse_sets(set_)
+        sides = [(spec, {**common, **parse_sets(own)}) for spec, own in ((spec_a, set_a), (b, set_b))]
+        if spec_b is None and sides[0][1] == sides[1][1]:
+            raise ArchError("diff compares two networks: name a second spec, or set a param differently with "
+                            "--set-a/--set-b (archdsl diff specs/vgg.arch --set-b ratio=4)")
+        a_summary, b_summary = (trace(spec, input, batch=batch, **sets) for spec, sets in sides)
+        labels = [" ".join([spec, *(f"{k}={v}" for k, v in sets.items())]) for spec, sets in sides]
+        result = diff(a_summary, b_summary, *labels)
+        if format is Format.json:
+            data = result.to_dict()
+            data["pairs"] = [p.to_dict() for p in result.pairs if (depth is None or p.depth <= depth)
+                             and not (changed_only and p.status == "same")]
+            typer.echo(json.dumps(data, indent=2))
+        else:
+            typer.echo(result.table(width=_table_width(), depth=depth, changed_only=changed_only))
+        return result.differs
+
+    if guarded(run) and exit_code:
+        raise typer.Exit(1)
+
+
 @app.command()
 def layers() -> None:
     """List the built-in layers with their arguments, tags and defaults."""

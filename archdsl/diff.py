@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .errors import visible
-from .summary import GAP, LEFT, MOST_WIDTH, RIGHT, Row, Summary, _cut, _pad, _safe, _shown_width, metric
+from .summary import GAP, LEFT, MOST_WIDTH, RIGHT, Row, Summary, cut, pad, safe, shown_width, metric
 from .values import show_shape
 
 STATUSES = ("changed", "added", "removed", "same")
@@ -270,15 +270,15 @@ class SummaryDiff:
         head, *body = _side_by_side(self._shown(depth, changed_only), width)
         values = self._total_lines()
         totals = _aligned([("", "a", "b", "change"), *values], right={1, 2})
-        if width and max(map(_shown_width, totals)) > width:  # a line each, `label: a -> b, change`, wrapped
+        if width and max(map(shown_width, totals)) > width:  # a line each, `label: a -> b, change`, wrapped
             totals = [part for label, x, y, change in values for part in textwrap.wrap(
                 f"{label}: {x} -> {y}" + (f", {change}" if change else ""), width, subsequent_indent="  ")]
-        widest = max(map(_shown_width, [*titles, head, *body, *totals]))
+        widest = max(map(shown_width, [*titles, head, *body, *totals]))
         rule = "-" * (min(widest, width) if width else widest)
         rows = [rule, head, rule, *body] if body else []  # changed_only and nothing changed: no empty table
         foot = "rows: " + ", ".join(f"{n} {s}" for s, n in self.counts.items()) if self.differs else IDENTICAL
         lines = [*titles, *rows, rule, *totals, rule, *(textwrap.wrap(foot, width) if width else [foot])]
-        return "\n".join(_cut(line, width) if width else line for line in lines)
+        return "\n".join(cut(line, width) if width else line for line in lines)
 
     def __str__(self) -> str:
         return self.table()
@@ -288,7 +288,7 @@ class SummaryDiff:
         tail = f": input {show_shape(s.input_shape)}" + ("" if s.complete else " (stopped at a shape error)")
         label = "".join(map(visible, label))  # one line: a line break too shows as \n
         room = None if width is None else max(1, width - len(tail) - len(side) - 2)
-        return f"{side}: {label if room is None else _cut(label[::-1], room)[::-1]}{tail}"
+        return f"{side}: {label if room is None else cut(label[::-1], room)[::-1]}{tail}"
 
     def _shown(self, depth: int | None, changed_only: bool) -> list[Pair]:
         shown = [p for p in self.pairs if depth is None or p.depth <= depth]
@@ -375,7 +375,7 @@ def _cells(pair: Pair, narrow: bool) -> tuple[str, ...]:
     def side(row: Row | None) -> tuple[str, str, str]:
         if row is None:
             return "", "", ""
-        layer = _cut(_safe("  " * row.depth + row.layer[: 2 * MOST_WIDTH]), MOST_WIDTH)  # as the shapes table
+        layer = cut(safe("  " * row.depth + row.layer[: 2 * MOST_WIDTH]), MOST_WIDTH)  # as the shapes table
         if narrow:  # the batch, the same in every row, left out; params as the totals' mult-adds, 1.18M
             return layer, "x".join(map(str, row.output_shape[1:])), metric(row.params).replace(" ", "")
         return layer, show_shape(row.output_shape), f"{row.params:,}"
@@ -384,7 +384,7 @@ def _cells(pair: Pair, narrow: bool) -> tuple[str, ...]:
 
 
 def _widths(cells: list[tuple[str, ...]]) -> list[int]:
-    return [max(_shown_width(line[i]) for line in cells) for i in range(len(cells[0]))]
+    return [max(shown_width(line[i]) for line in cells) for i in range(len(cells[0]))]
 
 
 def _span(widths: list[int], gap: str) -> int:
@@ -406,7 +406,7 @@ def _shrink(widths: list[int], width: int | None, steps: tuple[tuple[tuple[int, 
 
 
 def _line(cells: tuple[str, ...], widths: list[int], right: set[int], gap: str = GAP) -> str:
-    return gap.join(_pad(_cut(c, w), w, RIGHT if i in right else LEFT)
+    return gap.join(pad(cut(c, w), w, RIGHT if i in right else LEFT)
                     for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
 

@@ -158,7 +158,7 @@ class Summary:
         kept, widths = _fit(chosen, cells, width)
 
         def line(texts: list[str]) -> str:
-            return GAP.join(_pad(_cut(t, widths[c.name]), widths[c.name], c.align)
+            return GAP.join(pad(cut(t, widths[c.name]), widths[c.name], c.align)
                             for c, t in zip(kept, texts)).rstrip()
 
         rule = "-" * (sum(widths[c.name] for c in kept) + len(GAP) * (len(kept) - 1))
@@ -224,16 +224,16 @@ class Summary:
             text = column.cell(r, self)
             if column.shrinks:  # text from the spec: cut before it is escaped, so that a long call costs little
                 text = indent * r.depth * column.indented + text[: 2 * MOST_WIDTH]
-                out.append(_cut(_safe(text), MOST_WIDTH))
+                out.append(cut(safe(text), MOST_WIDTH))
             else:
-                out.append(_safe(text))
+                out.append(safe(text))
         return out
 
     def _title(self, width: int | None) -> str:
         """`file: input (1, 1, 224, 224)`; a file name too long for the width loses its start."""
         shape = f": input {show_shape(self.input_shape)}"
         spec = printable(self.spec)
-        return (spec if width is None else _cut(spec[::-1], max(1, width - len(shape)))[::-1]) + shape
+        return (spec if width is None else cut(spec[::-1], max(1, width - len(shape)))[::-1]) + shape
 
     def _totals(self) -> list[list[str]]:
         """torchinfo's totals, in its words, in groups: the counts, then memory."""
@@ -395,7 +395,7 @@ def _fit(columns: tuple[Column, ...], cells: dict[str, list[str]], width: int | 
     Numbers and shapes keep their width. The text columns take what is left, the layer first,
     none cut below LEAST_WIDTH; if that does not fit, columns go in DROP_ORDER.
     """
-    natural = {c.name: max(map(_shown_width, [c.header, *cells[c.name]])) for c in columns}
+    natural = {c.name: max(map(shown_width, [c.header, *cells[c.name]])) for c in columns}
     if width is None:
         return list(columns), natural
     least = {c.name: min(natural[c.name], max(LEAST_WIDTH, len(c.header))) if c.shrinks else natural[c.name]
@@ -425,14 +425,14 @@ def _rank(column: Column) -> int:
     return DROP_ORDER.index(column.name) if column.name in DROP_ORDER else len(DROP_ORDER)
 
 
-def _shown_width(text: str) -> int:
+def shown_width(text: str) -> int:
     """Columns `text` takes on a terminal (printable text: its escapes already made)."""
     return len(text) if text.isascii() else sum(map(_width, text))
 
 
-def _cut(text: str, width: int) -> str:
+def cut(text: str, width: int) -> str:
     """`text` in at most `width` columns of a terminal, cut with an ellipsis; wide characters count two."""
-    if _shown_width(text) <= width:
+    if shown_width(text) <= width:
         return text
     used = 0
     for n, c in enumerate(text):
@@ -449,12 +449,12 @@ def _folded(lines: list[str], width: int | None) -> list[str]:
     return [part for line in lines for part in textwrap.wrap(line, width, subsequent_indent="  ")]
 
 
-def _pad(text: str, width: int, align: str) -> str:
-    space = " " * (width - _shown_width(text))
+def pad(text: str, width: int, align: str) -> str:
+    space = " " * (width - shown_width(text))
     return space + text if align == RIGHT else text + space
 
 
-def _safe(text: str) -> str:
+def safe(text: str) -> str:
     """Safe to print, on one line (a module's repr may hold line breaks)."""
     return text if text.isascii() and text.isprintable() else printable(text.replace("\n", " "))
 
