@@ -11,22 +11,31 @@ counted: the optimizer's state made by a first step is already there.
 
 Why not torch's `torch.distributed._tools.mem_tracker.MemTracker`, which counts the same way: it
 imports torch.distributed (4 s on a 2-core machine, where the whole estimate takes a tenth of that),
-rounds only what is really on CUDA, and gives no figure at the end of the forward pass.
+rounds only what is really on CUDA, and sees no memory that is not a tensor (below).
 
-`device="cuda"` works on a machine without a GPU, because the step always runs on fake *CPU*
-tensors: since torch 2.11 the autograd engine asks the CUDA driver about the device of every fake
-CUDA tensor, which fails where there is no GPU. CUDA is then modelled where it differs from the CPU
-in bytes: the caching allocator's 512-byte blocks, the optimizers' foreach kernels (torch's default
-for CUDA weights, which keep a whole-model temporary in AdamW) and AdamW's step counts kept on the
-host. What it does not model: bf16 autocast follows the CPU's op lists (the same as CUDA's for
-convolutions, linear layers, pooling, batch norm and cross-entropy; CUDA runs softmax and layer_norm
-in float32, the CPU in bf16); dropout keeps a float mask where CUDA keeps a byte; and the workspaces
-cuDNN and cuBLAS take from the allocator are not tensors, so they are not seen.
+Memory that is not a tensor, measured against the allocator (tests/test_stepmemory.py,
+tests/test_cuda.py) and modelled:
+- on the CPU, a convolution's own buffers (`_cpu_scratch`): oneDNN's channel-blocked copies, or
+  the unfolded input (im2col) where torch does without oneDNN;
+- on CUDA, cuBLAS's workspaces (`_cublas_workspaces`), which stay from the first step on.
+Not modelled: cuDNN's workspaces (up to a fifth of AlexNet's step on an H100, but torch falls back
+to plans with smaller workspaces when a large one does not fit, so they do not decide what fits).
+
+`device="cuda"` works without a GPU, because the step always runs on fake *CPU* tensors: since
+torch 2.11 the autograd engine asks the CUDA driver about the device of every fake CUDA tensor,
+which fails where there is no GPU. CUDA is modelled where it differs from the CPU in bytes: the
+caching allocator's 512-byte blocks, the optimizers' foreach kernels (torch's default for CUDA
+weights; AdamW's keep a whole-model temporary), AdamW's step counts kept on the host, and the
+workspaces above. What that leaves out: bf16 autocast follows the CPU's op lists (the same as
+CUDA's for convolutions, linear layers, pooling, batch norm and cross-entropy; CUDA runs softmax
+and layer_norm in float32, the CPU in bf16), and dropout keeps a float mask where CUDA keeps a byte.
 """
 
 from __future__ import annotations
 
 import copy
+import math
+import os
 import re
 import weakref
 from dataclasses import dataclass
@@ -44,6 +53,13 @@ from .errors import ArchError
 from .memory import show_bytes
 
 CUDA_BLOCK = 512  # the CUDA caching allocator rounds every block up to a multiple of this
+CUBLAS_HOPPER = 32 * 2 ** 20  # torch's cuBLAS workspace per handle on sm_90 (CublasHandlePool.cpp)
+CUBLAS_OTHER = 8 * 2 ** 20 + 128 * 2 ** 10  # and on other GPUs
+CUBLASLT = 2 ** 20  # cuBLASLt's own workspace, for a matrix product with a bias (a linear layer's forward)
+aten = torch.ops.aten
+# Ops that run on cuBLAS on CUDA: each thread that runs one (the caller's, autograd's) gets a workspace.
+MATMULS = frozenset({aten.mm, aten.addmm, aten.bmm, aten.baddbmm, aten.addbmm, aten.mv, aten.addmv, aten.dot,
+                     aten.vdot})
 MAX_BATCH = 2 ** 20  # largest_batch looks no further: a batch of a million fits only toy models
 
 
@@ -80,31 +96,42 @@ class StepMemory:
     optimizer_state: int
     batch: int  # the float32 input and the int64 targets
     activations: int  # what the forward pass leaves alive for the backward pass, the loss included
+    workspaces: int  # cuBLAS's (CUDA only): kept from the first step on
     peak: int  # all of the above and the backward pass's buffers, at their highest together
     peak_in: str  # the phase that reaches the peak: forward, backward or optimizer step
 
     @property
     def standing(self) -> int:
-        """What is alive before the step starts and after it ends: weights, optimizer state, the batch."""
-        return self.params + self.optimizer_state + self.batch
+        """What is alive before the step starts and after it ends: weights, optimizer state, batch, workspaces."""
+        return self.params + self.optimizer_state + self.batch + self.workspaces
 
     def __str__(self) -> str:
         precision = "bf16 autocast" if self.amp else "float32"
         return (f"training step at batch {self.batch_size:,} ({precision}, {self.optimizer}, {self.device}): "
                 f"peak {show_bytes(self.peak)} = weights {show_bytes(self.params)} + optimizer state "
                 f"{show_bytes(self.optimizer_state)} + batch {show_bytes(self.batch)} + "
-                f"{show_bytes(self.peak - self.standing)} in the {self.peak_in} (activations kept for "
+                + (f"cuBLAS workspaces {show_bytes(self.workspaces)} + " if self.workspaces else "")
+                + f"{show_bytes(self.peak - self.standing)} in the {self.peak_in} (activations kept for "
                 f"backward {show_bytes(self.activations)}, gradients {show_bytes(self.grads)})")
 
 
-class _Live(TorchDispatchMode):
-    """The bytes of the storages alive, and their peak: a storage counts from the op that made it until it dies."""
+Scratch = Callable[[Any, tuple, Any], int]  # (op, its arguments, its outputs) -> bytes it holds while it runs
 
-    def __init__(self, block: int) -> None:
+
+class _Live(TorchDispatchMode):
+    """The bytes of the storages alive, and their peak: a storage counts from the op that made it until it dies.
+
+    `scratch` adds, to the peak, what an op holds for itself while it runs; `blas` collects the phases
+    that ran a matrix product (MATMULS), and `biased` those that ran one with a bias (addmm).
+    """
+
+    def __init__(self, block: int, scratch: Scratch | None) -> None:
         super().__init__()
-        self.block = block
+        self.block, self.scratch = block, scratch
         self.now = self.peak = 0
         self.phase = self.peak_in = "forward"
+        self.blas: set[str] = set()
+        self.biased: set[str] = set()
         self._alive: dict[int, weakref.finalize] = {}  # id of a storage -> what uncounts it
 
     def size(self, tensors: Iterable[Any]) -> int:
@@ -112,15 +139,15 @@ class _Live(TorchDispatchMode):
         storages = {id(s): s for s in _storages(tensors)}
         return sum(self._rounded(s.nbytes()) for s in storages.values())
 
-    def count(self, tensors: Iterable[Any]) -> None:
+    def count(self, tensors: Iterable[Any], scratch: int = 0) -> None:
         for s in _storages(tensors):
             key = id(s)
             if key not in self._alive:
                 n = self._rounded(s.nbytes())
                 self.now += n
                 self._alive[key] = weakref.finalize(s, self._free, key, n)
-        if self.now > self.peak:
-            self.peak, self.peak_in = self.now, self.phase
+        if self.now + scratch > self.peak:
+            self.peak, self.peak_in = self.now + scratch, self.phase
 
     def forget(self) -> None:
         """Stop uncounting: the storages may outlive this count."""
@@ -137,7 +164,11 @@ class _Live(TorchDispatchMode):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         out = func(*args, **(kwargs or {}))
-        self.count(tree_flatten(out)[0])
+        if func.overloadpacket in MATMULS:
+            self.blas.add(self.phase)
+            if func.overloadpacket is aten.addmm:
+                self.biased.add(self.phase)
+        self.count(tree_flatten(out)[0], self._rounded(self.scratch(func, args, out)) if self.scratch else 0)
         return out
 
 
@@ -160,7 +191,7 @@ def estimate_step(model: nn.Module, input_shape: tuple[int, ...], *, amp: bool =
     opt_kind = _optimizer(optimizer)
     dev = _device(device)
     on_cuda = dev == "cuda"
-    live = _Live(CUDA_BLOCK if on_cuda else 1)
+    live = _Live(CUDA_BLOCK, None) if on_cuda else _Live(1, _cpu_scratch)
     with FakeTensorMode():
         net = _fake_copy(model).train()
         trainable = [p for p in net.parameters() if p.requires_grad]
@@ -188,8 +219,71 @@ def estimate_step(model: nn.Module, input_shape: tuple[int, ...], *, amp: bool =
             opt.step()
         del out, loss
         live.forget()
-    return StepMemory(shape[0], amp, optimizer, dev, params, grads, optimizer_state, batch, activations,
-                      live.peak, live.peak_in)
+    workspaces = _cublas_workspaces(live.blas, live.biased) if on_cuda else 0
+    return StepMemory(shape[0], amp, optimizer, dev, params, grads, optimizer_state, batch, activations, workspaces,
+                      live.peak + workspaces, live.peak_in)
+
+
+def _cpu_scratch(func: Any, args: tuple, out: Any) -> int:
+    """What a CPU convolution holds for itself while it runs, beyond its inputs and outputs.
+
+    Read off the allocator (torch 2.14's profiler, x86): oneDNN, which runs float32 convolutions
+    (and bf16 ones on CPUs with bf16 instructions), works in blocks of 8 channels (16 with AVX-512):
+    the forward pass makes its output in blocks before copying it out, and the backward pass copies
+    the incoming gradient, and the input when the weight needs a gradient, into blocks. Without
+    oneDNN, torch unfolds the input for the whole batch (im2col: one column per output pixel).
+    """
+    backward = func is aten.convolution_backward.default
+    if not backward and func is not aten.convolution.default:
+        return 0
+    if backward:  # (grad_output, input, weight, bias_sizes, stride, padding, dilation, transposed, ..., output_mask)
+        grad, x, w, transposed, mask = args[0], args[1], args[2], args[7], args[-1]
+    else:  # (input, weight, bias, stride, padding, dilation, transposed, ...)
+        x, w, transposed, grad = args[0], args[1], args[6], out
+    if _onednn(x.dtype):
+        block = 16 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 8
+        blocked = _blocked(grad, block)
+        return blocked + _blocked(x, block) * bool(mask[1]) if backward else blocked
+    if transposed:
+        return 0  # torch's own transposed convolutions: not measured
+    pixels = math.prod(grad.shape[2:])  # of the output
+    return x.shape[0] * math.prod(w.shape[1:]) * pixels * x.element_size()  # (B, C/groups * kh * kw, H' * W')
+
+
+def _onednn(dtype: torch.dtype) -> bool:
+    """Whether torch runs a CPU convolution of `dtype` on oneDNN (ConvParams::use_mkldnn, for batches of images)."""
+    if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
+        return False
+    if dtype == torch.bfloat16:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return dtype == torch.float32
+
+
+def _blocked(t: torch.Tensor, block: int) -> int:
+    """The bytes of `t` with its channels (dim 1) padded to a multiple of `block`."""
+    channels = t.shape[1]
+    return t.numel() // max(channels, 1) * -(-channels // block) * block * t.element_size()
+
+
+def _cublas_workspaces(blas: set[str], biased: set[str]) -> int:
+    """The cuBLAS workspaces a CUDA step keeps: one per thread that runs matrix products (`blas`: the
+    forward pass runs on the caller's thread, the backward on autograd's), and cuBLASLt's for a product
+    with a bias (`biased`).
+
+    A handle's workspace is sized as torch sizes it: CUBLAS_WORKSPACE_CONFIG's ":KiB:count" pairs
+    when set, else 32 MiB on Hopper (sm_90) and 8 MiB + 128 KiB on other GPUs. Without a GPU to
+    ask, Hopper's, the larger, so that the estimate errs high.
+    """
+    if not blas:
+        return 0
+    pairs = re.findall(r":(\d+):(\d+)", os.environ.get("CUBLAS_WORKSPACE_CONFIG", ""))
+    if pairs:
+        handle = sum(int(kib) * 1024 * int(count) for kib, count in pairs)
+    elif torch.cuda.is_available():
+        handle = CUBLAS_HOPPER if torch.cuda.get_device_capability() == (9, 0) else CUBLAS_OTHER
+    else:
+        handle = CUBLAS_HOPPER
+    return handle * len(blas) + CUBLASLT * len(biased)
 
 
 def _batch_shape(input_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -311,7 +405,7 @@ def parse_size(text: str, flag: str = "--fit") -> int:
     if m is None:
         raise _bad_size(text, flag)
     number, exponent, prefix, suffix = m.groups()
-    if suffix.lower() == "i":  # "Gi" alone: say GiB
+    if suffix.lower() not in (("", "b", "ib") if prefix else ("", "b")):  # "16 Gi", "16iB"
         raise _bad_size(text, flag)
     value = Decimal(number + (exponent or "")) * 1024 ** ("kmgtp".index(prefix.lower()) + 1 if prefix else 0)
     if not 1 <= value <= MAX_SIZE:
