@@ -65,21 +65,20 @@ MAX_BATCH = 2 ** 20  # largest_batch looks no further: a batch of a million fits
 
 @dataclass(frozen=True)
 class Optimizer:
-    """An optimizer a user can name: how to build it, and what it keeps besides the weights."""
+    """An optimizer a user can name: how torch builds it, and which of its state stays on the CPU."""
 
-    build: Callable[[list[nn.Parameter], bool], torch.optim.Optimizer]  # (trainable params, foreach)
-    keeps: str  # its state, in words
+    build: Callable[[list[nn.Parameter], bool | None], torch.optim.Optimizer]  # (trainable params, foreach)
     host_state: tuple[str, ...] = ()  # state entries torch keeps on the CPU when the weights are on CUDA
 
 
 OPTIMIZERS: dict[str, Optimizer] = {
-    "sgd": Optimizer(lambda params, foreach: torch.optim.SGD(params, lr=0.01, foreach=foreach),
-                     "nothing (plain SGD, as the trainer runs it)"),
-    "momentum": Optimizer(lambda params, foreach: torch.optim.SGD(params, lr=0.01, momentum=0.9, foreach=foreach),
-                          "one momentum buffer per weight"),
-    # AdamW's step count is a one-element tensor per parameter, on the CPU unless capturable or fused.
-    "adamw": Optimizer(lambda params, foreach: torch.optim.AdamW(params, lr=0.001, foreach=foreach),
-                       "two moment buffers per weight and a step count per parameter tensor", ("step",)),
+    # plain SGD, as the trainer runs it: no state
+    "sgd": Optimizer(lambda params, foreach: torch.optim.SGD(params, lr=0.01, foreach=foreach)),
+    # one momentum buffer per weight
+    "momentum": Optimizer(lambda params, foreach: torch.optim.SGD(params, lr=0.01, momentum=0.9, foreach=foreach)),
+    # two moment buffers per weight, and a one-element step count per parameter tensor, which torch
+    # keeps on the CPU unless the optimizer is capturable or fused
+    "adamw": Optimizer(lambda params, foreach: torch.optim.AdamW(params, lr=0.001, foreach=foreach), ("step",)),
 }
 
 
@@ -371,9 +370,8 @@ def largest_batch(model: nn.Module, sample_shape: tuple[int, ...], budget: int, 
     while hi - lo > 1:
         if hi <= MAX_BATCH:  # the line through the estimates on either side of the budget
             slope = max(1.0, (peaks[hi] - peaks[lo]) / (hi - lo))
-        elif len(peaks) > 1:  # none is over it yet: the line through the two largest batches
-            below = max(b for b in peaks if b < lo)
-            slope = max(1.0, (peaks[lo] - peaks[below]) / (lo - below))
+        elif lo > 1:  # none is over it yet: the line from batch 1, the widest span, so rounding does not tilt it
+            slope = max(1.0, (peaks[lo] - peaks[1]) / (lo - 1))
         span = hi - lo
         guess = min(max(lo + int((budget - peaks[lo]) / slope), lo + 1), hi - 1)
         if fits(guess):  # then the batch just past it, which should not

@@ -157,3 +157,69 @@ def test_the_cli_trains_on_cuda(tmp_path):
     r = CliRunner().invoke(app, ["eval", str(tmp_path / "run"), "--device", "cuda"])
     assert r.exit_code == 0, r.output
     assert re.search(r"test acc \d\.\d{3} on 512 synthetic test images on cuda:\d+", r.stdout)
+
+
+# The peak memory of a training step: archdsl.stepmemory's estimate (device="cuda", made on fake CPU
+# tensors) against the allocator's peak over a real step on the GPU.
+
+STEP_NETWORKS = {"lenet": ("lenet.arch", {}), "alexnet": ("alexnet.arch", {}), "vgg4": ("vgg.arch", {"ratio": 4}),
+                 "resnet18": ("resnet18.arch", {})}
+
+
+def cuda_step_peak(name: str, batch: int, amp: bool, optimizer: str) -> tuple[int, tuple[int, ...]]:
+    """torch.cuda.max_memory_allocated over the second of two training steps run as the trainer runs them
+    (cuDNN's benchmark mode, bf16 autocast when `amp`), counted from what was allocated before the model
+    was built: the whole step, weights, optimizer state, batch and cuBLAS's workspaces included."""
+    import gc
+
+    from archdsl.api import plan
+    from archdsl.stepmemory import OPTIMIZERS
+
+    spec, params = STEP_NETWORKS[name]
+    gc.collect()
+    torch.cuda.synchronize()
+    torch._C._cuda_clearCublasWorkspaces()  # earlier tests' workspaces: this step makes its own, as a run would
+    base = torch.cuda.memory_allocated()
+    benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        model = archdsl.build(SPECS / spec, **params).cuda().train()
+        opt = OPTIMIZERS[optimizer].build(list(model.parameters()), None)  # torch's default: foreach on CUDA
+        shape = (batch, *plan(SPECS / spec, **params).input_shape)
+        x, y = torch.randn(shape, device="cuda"), torch.randint(0, 10, (batch,), device="cuda")
+
+        def step() -> None:
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+
+        step()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base, shape
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
+
+
+@pytest.mark.parametrize("amp", [True, False], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("name, batch, optimizer", [
+    ("lenet", 64, "sgd"), ("lenet", 128, "sgd"),
+    ("alexnet", 8, "sgd"), ("alexnet", 64, "sgd"), ("alexnet", 64, "adamw"),
+    ("vgg4", 8, "sgd"), ("vgg4", 64, "sgd"),
+    ("resnet18", 16, "sgd"), ("resnet18", 128, "sgd"), ("resnet18", 128, "momentum"),
+])
+def test_the_step_memory_estimate_is_within_15_percent_of_the_gpus_peak(name, batch, optimizer, amp):
+    from archdsl.api import plan
+    from archdsl.memory import show_bytes
+    from archdsl.stepmemory import estimate_step
+    from archdsl.tracer import trace_plan
+
+    real, shape = cuda_step_peak(name, batch, amp, optimizer)
+    spec, params = STEP_NETWORKS[name]
+    meta, _ = trace_plan(plan(SPECS / spec, **params))
+    est = estimate_step(meta, shape, amp=amp, optimizer=optimizer, device="cuda")
+    assert est.peak == pytest.approx(real, rel=0.15), f"{est}; measured {show_bytes(real)} ({real:,} bytes)"
