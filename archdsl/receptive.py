@@ -19,6 +19,9 @@ Networks" (Distill, 2019) and their library, google-research/receptive_field:
 - Normalisation statistics do not count: batch norm's running ones never depend on the input,
   and group, instance or layer norm over the spatial axes would make every field global.
 - The model runs in eval mode: dropout off, batch norm on its running statistics.
+- A reshape that cuts a spatial axis into pieces (Swin's and MaxViT's windows) loses the axis:
+  what its positions saw counts for every value from then on, an upper bound; a tensor without
+  each spatial axis of the input as an axis of its own has no field.
 - Layers that resample (upsampling, pixel shuffle, transposed convolution, adaptive pooling whose
   sizes do not divide) map positions to the input with rounding, which a start and a stride cannot
   say exactly: after them the stride is the average (maybe a fraction), the start is within a
@@ -46,6 +49,7 @@ from .errors import ArchError
 from .parser import parse_source
 from .plan import BlockStep, Plan, Step, _exprs, expand
 from .tracer import trace_plan
+from .values import show_shape
 
 Number = Union[int, Fraction]
 
@@ -76,33 +80,33 @@ def receptive_fields(net: nn.Module, input_shape: tuple[int, ...]) -> dict[str, 
     """
     shape = tuple(int(n) for n in input_shape)
     if not shape or any(n < 1 for n in shape):
-        raise ArchError(f"an input shape is C x sizes, each at least 1, not {shape}")
+        raise ArchError(f"an input shape is C x sizes, each at least 1, not {show_shape(shape)}")
     model = net if all(t.is_meta for t in itertools.chain(net.parameters(), net.buffers())) \
         else copy.deepcopy(net).to("meta")
     axes = len(shape) - 1
-    fields: dict[str, Field | None] = {name: None for name, _ in model.named_modules()}
+    names = {id(m): name for name, m in model.named_modules()}
+    fields: dict[str, Field | None] = dict.fromkeys(names.values())
     follow = _Follow()
 
-    def hook_for(name: str) -> Callable[..., None]:
-        def hook(module: nn.Module, args: Any, output: Any) -> None:
+    def hook(module: nn.Module, args: Any, output: Any) -> None:
+        name = names.get(id(module))
+        if name is not None:
             out = next(_tensors(output), None)
             state = follow.state(out) if out is not None else None
             fields[name] = _field(state, axes) if state is not None and axes else None
-        return hook
 
     modes = [(m, m.training) for m in model.modules()]
-    handles = [m.register_forward_hook(hook_for(name)) for name, m in model.named_modules()]
     x = torch.empty((1, *shape), device="meta")  # (B, C, *spatial)
     follow.put(x, _State(((_Part(1),), (_Part(shape[0]),),
                           *((_Part(n, a, (_Window(Fraction(0), Fraction(1), Fraction(1)),)),)
                             for a, n in enumerate(shape[1:]))), {}))
+    handle = nn.modules.module.register_module_forward_hook(hook)  # one hook for all: 700 cost 0.4 s
     try:
         model.eval()
         with torch.no_grad(), follow:
             model(x)
     finally:
-        for handle in handles:
-            handle.remove()
+        handle.remove()
         for m, training in modes:
             m.train(training)
     return fields
@@ -302,7 +306,8 @@ class _Follow(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.states: dict[int, tuple[torch.Tensor, _State]] = {}  # by id; the tensor kept so the id stays its own
-        self.slices: dict[int, tuple[torch.Tensor, torch.Tensor, int, int, int]] = {}  # view -> (view, base, dim, start, step)
+        # a slice's id -> (the slice, its base, dim, start, step): writes into it reach the base
+        self.slices: dict[int, tuple[torch.Tensor, torch.Tensor, int, int, int]] = {}
 
     @classmethod
     def _should_skip_dynamo(cls) -> bool:
@@ -364,13 +369,16 @@ def _clamp(index: int | None, size: int) -> int:
 
 @dataclass
 class _Call:
+    """One aten operation as the rules see it."""
+
     func: Any
     args: dict[str, Any]  # by the schema's argument names, defaults filled in
     outs: list[torch.Tensor]
     follow: _Follow
+    name: str = dataclasses.field(init=False)  # "convolution", "add_", "max_pool2d_with_indices"
 
     def __post_init__(self) -> None:
-        self.name = self.func._schema.name.split("::")[-1]  # "convolution", "add_", "max_pool2d_with_indices"
+        self.name = self.func._schema.name.split("::")[-1]
 
     def state(self, t: Any) -> _State | None:
         return self.follow.state(t) if isinstance(t, torch.Tensor) else None
@@ -429,8 +437,7 @@ def _is_positionwise(call: _Call) -> bool:
 def _positionwise(call: _Call) -> list[_State]:
     """Each output position from the same position of its inputs (broadcast where they are smaller)."""
     shape = call.outs[0].shape
-    tensors = [t for t in _tensors(list(call.args.values()))]
-    joined = _join([call.state(t) for t in tensors], shape)
+    joined = _join([call.state(t) for t in _tensors(list(call.args.values()))], shape)
     return [joined if t.shape == shape else _flat([joined], t.shape) for t in call.outs]
 
 
@@ -576,7 +583,7 @@ def _cat(call: _Call) -> list[_State]:
     shape = call.outs[0].shape
     dim = call.args["dim"] % len(shape)
     if call.name == "stack":
-        return [_join([_State(s.dims[:dim] + ((_Part(1),),) + s.dims[dim:], s.common) if s else None
+        return [_join([_State(s.dims[:dim] + ((_Part(1),),) + s.dims[dim:], s.common) if s is not None else None
                        for s in map(call.state, tensors)], shape)]
     moved, offset = [], 0
     for t in tensors:
@@ -620,7 +627,7 @@ def _listed(value: Any, n: int) -> list[int]:
 
 def _convolution(call: _Call) -> list[_State]:
     a = call.args
-    state = call.state(a["input"])
+    state = call.state(a["input"]) or _State(_plain(a["input"].shape), {})  # else only the weights are tracked
     out = call.outs[0].shape
     weight = a["weight"]
     n = weight.dim() - 2
@@ -784,8 +791,9 @@ _RULES: tuple[tuple[frozenset[str], Callable[[_Call], list[_State | None]]], ...
     (frozenset({"convolution", "_convolution", "convolution_overrideable"}), _convolution),
     (frozenset({"max_pool1d", "max_pool2d", "max_pool3d", "max_pool1d_with_indices", "max_pool2d_with_indices",
                 "max_pool3d_with_indices", "avg_pool1d", "avg_pool2d", "avg_pool3d"}), _pool),
-    (frozenset({"_adaptive_avg_pool2d", "_adaptive_avg_pool3d", "adaptive_avg_pool1d", "adaptive_max_pool1d",
-                "adaptive_max_pool2d", "adaptive_max_pool3d"}), _adaptive),
+    (frozenset({"_adaptive_avg_pool2d", "_adaptive_avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d",
+                "adaptive_avg_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d"}),
+     _adaptive),
     (frozenset({"pixel_shuffle", "pixel_unshuffle"}), _shuffle),
     (frozenset({"sum", "mean", "nansum", "nanmean", "amax", "amin", "max", "min", "aminmax", "prod", "var", "std",
                 "var_mean", "std_mean", "logsumexp", "linalg_vector_norm", "norm", "any", "all", "argmax",
@@ -842,9 +850,9 @@ def smallest_input(plan: Plan, axes: Sequence[int] | None = None) -> Smallest:
     shape = tuple(plan.input_shape)
     axes = tuple(range(1, len(shape))) if axes is None else tuple(axes)
     if any(not 0 <= a < len(shape) for a in axes):
-        raise ArchError(f"axes of an input of shape {'x'.join(map(str, shape))} are 0 to {len(shape) - 1}, "
+        raise ArchError(f"the axes of an input of shape {show_shape(shape)} are 0 to {len(shape) - 1}, "
                         f"not {', '.join(map(str, axes))}")
-    at = _resizer(plan)
+    at, again = _resizer(plan)
     trace_plan(at(shape))  # its own shape must trace: if not, that is the mistake to report
     traces = 1
 
@@ -857,7 +865,7 @@ def smallest_input(plan: Plan, axes: Sequence[int] | None = None) -> Smallest:
             return False
         return True
 
-    below = SEARCH_BELOW if _may_skip_sizes(plan) else 0
+    below = SEARCH_BELOW if again or _may_skip_sizes(plan) else 0
     groups = [tuple(a for a in axes if shape[a] == size) for size in dict.fromkeys(shape[a] for a in axes)]
     for _ in range(len(groups)):  # shrinking one group may let another shrink further: go round again
         before = shape
@@ -898,14 +906,15 @@ def _may_skip_sizes(plan: Plan) -> bool:
     return any_in(plan.steps)
 
 
-def _resizer(plan: Plan) -> Callable[[tuple[int, ...]], Plan]:
-    """The plan at another input shape. Blocks that read their input's size are expanded as they are traced,
-    but a spec whose top level reads `input` (a param's default, a layer's argument) has the size of its
-    input in its steps: that one is expanded again from its text, its params as they were set."""
+def _resizer(plan: Plan) -> tuple[Callable[[tuple[int, ...]], Plan], bool]:
+    """The plan at another input shape, and whether it is expanded again for each. Blocks that read their
+    input's size are expanded as they are traced, but a spec whose top level reads `input` (a param's default,
+    a layer's argument) has the size of its input in its steps: that one is expanded again from its text,
+    with its params as they were set."""
     tree = parse_source(plan.source)
     top = [st for st in tree.statements if not isinstance(st, S.BlockDef)]
     if not any(isinstance(node, S.InputRef) for node in _exprs(tuple(top))):
-        return lambda shape: dataclasses.replace(plan, input_shape=shape)
+        return lambda shape: dataclasses.replace(plan, input_shape=shape), False
     reading: set[str] = set()  # params whose default reads the input's size, itself or through another
     for st in top:
         if isinstance(st, S.ParamStmt) and any(isinstance(n, S.InputRef) or (isinstance(n, S.Name) and n.id in reading)
@@ -915,4 +924,4 @@ def _resizer(plan: Plan) -> Callable[[tuple[int, ...]], Plan]:
     again = expand(tree, fixed, plan.input_shape).params
     fixed.update({name: plan.params[name] for name in reading
                   if name in plan.params and plan.params[name] != again.get(name)})  # set by the caller
-    return lambda shape: expand(tree, fixed, shape)
+    return lambda shape: expand(tree, fixed, shape), True

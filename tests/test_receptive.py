@@ -18,7 +18,7 @@ import torch
 import torchvision
 from torch import nn
 
-from archdsl import ArchError, api
+from archdsl import ArchError, api, receptive
 from archdsl.receptive import Field, min_input, receptive_fields, smallest_input
 from archdsl.tracer import materialize, trace_plan
 
@@ -113,14 +113,13 @@ def check_against_gradients(net, input_shape, names, fields=None, edges=True) ->
 
 
 def output_shapes(net, input_shape):
+    """Each module's output shape, batch first, from a copy on meta."""
+    meta = copy.deepcopy(net).to("meta").eval()
     shapes = {}
-    hooks = [m.register_forward_hook(lambda m, a, out, name=name: shapes.__setitem__(name, tuple(out.shape)))
-             for name, m in net.named_modules()]
-    meta = net if all(p.is_meta for p in net.parameters()) else copy.deepcopy(net).to("meta")
+    for name, m in meta.named_modules():
+        m.register_forward_hook(lambda m, a, out, name=name: shapes.__setitem__(name, tuple(out.shape)))
     with torch.no_grad():
-        meta.eval()(torch.empty((1, *input_shape), device="meta"))
-    for h in hooks:
-        h.remove()
+        meta(torch.empty((1, *input_shape), device="meta"))
     return shapes
 
 
@@ -304,12 +303,24 @@ def test_max_pooling_itself_over_random_inputs():
     assert (int(seen[:, 1].min()), int(seen[:, 1].max())) == predicted(f["2"], (2, 3))[1] == (11, 17)
 
 
+class Mean(nn.Module):
+    def __init__(self, *dims):
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x):
+        return x.mean(self.dims, keepdim=len(self.dims) > 1)
+
+
 def test_flatten_linear_and_reductions_leave_no_field():
     net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 3))
     f = receptive_fields(net, (1, 10, 12))
     assert f["1"] == Field((10, 12), (8, 10), (0, 0))  # global pooling sees the whole input
     assert f["2"] is None and f["3"] is None and f[""] is None
     assert set(f) == {name for name, _ in net.named_modules()}
+    f = receptive_fields(nn.Sequential(nn.Conv2d(1, 2, 3), Mean(3), nn.Conv1d(2, 2, 3), Mean(1, 2)), (1, 10, 12))
+    assert f["1"] is None and f["2"] is None  # the width is gone: not every axis of the input is there
+    assert f["3"] is None
 
 
 class Unused(nn.Module):
@@ -398,6 +409,16 @@ def test_googlenet_against_the_gradient():
     assert check_against_gradients(net, plan.input_shape, ["2.0", "3"], f) >= 3
 
 
+def test_densenet_against_the_gradient():
+    """Concatenations with the identity: each dense block adds 4 3x3 convolutions' worth at its stride."""
+    plan, net, _ = traced(SPECS / "densenet.arch", (1, 544, 40))  # the last block's 519 fits along the first axis
+    f = receptive_fields(net, plan.input_shape)
+    assert [(f[n].size[0], f[n].stride[0]) for n in ("0", "1", "2", "3", "5", "7")] == \
+        [(11, 4), (43, 4), (47, 8), (111, 8), (247, 16), (519, 32)]
+    assert f["10"] == Field((1031, 519), (544, 32), (-245, -245))  # global pooling: 16 * 32 + 519 on the first axis
+    assert check_against_gradients(net, plan.input_shape, ["1.0", "3", "7"], f) >= 5
+
+
 INCEPTION_V3 = {  # TF-Slim's inception_v3, which torchvision's is: RF, effective stride, effective padding
     "7": (63, 8, 18), "8": (95, 8, 34), "9": (127, 8, 50), "10": (159, 16, 58), "11": (351, 16, 154),
     "12": (543, 16, 250), "13": (735, 16, 346), "14": (927, 16, 442), "15": (1055, 32, 490), "16": (1183, 32, 554),
@@ -471,11 +492,13 @@ def test_the_smallest_input_traces_and_one_pixel_less_does_not(name):
     assert found.seconds < 30
 
 
-def test_joins_that_need_even_sizes():
+def test_joins_that_need_even_sizes(monkeypatch):
     """A stride-2 convolution beside 2x2 pooling agree on even sizes only: bisection alone would stop at 8."""
     spec = "input 1x20x20\nadd([conv(1, k3, s2, p1)], [maxpool(2, 2)])"
     plan = api.plan(spec)
     assert min_input(plan) == (1, 2, 2)
+    monkeypatch.setattr(receptive, "SEARCH_BELOW", 0)
+    assert min_input(plan) == (1, 8, 8)
     refused = [n for n in range(1, 21) if not _traces(plan, (1, n, n))]
     assert refused == list(range(1, 21, 2))
 
