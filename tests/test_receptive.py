@@ -200,7 +200,8 @@ SMALL = {
     "1-d": (nn.Sequential(nn.Conv1d(4, 3, 5, stride=2), nn.MaxPool1d(3, 2, padding=1), nn.Conv1d(3, 3, 3, dilation=3),
                           nn.AvgPool1d(2), nn.BatchNorm1d(3)), (4, 100)),
     "3-d": (nn.Sequential(nn.Conv3d(1, 2, 3, stride=(1, 2, 2), padding=1), nn.MaxPool3d(2),
-                          nn.Conv3d(2, 2, (1, 3, 3), padding=(0, 1, 1)), nn.AvgPool3d(2, ceil_mode=True)), (1, 9, 17, 19)),
+                          nn.Conv3d(2, 2, (1, 3, 3), padding=(0, 1, 1)), nn.AvgPool3d(2, ceil_mode=True)),
+            (1, 9, 17, 19)),
     "padding modes": (nn.Sequential(nn.Conv2d(1, 2, 3, padding=2, padding_mode="reflect"),
                                     nn.Conv2d(2, 2, 3, padding=1, padding_mode="replicate"),
                                     nn.ZeroPad2d((1, 0, 2, 0)), nn.Conv2d(2, 1, 2, stride=2)), (1, 25, 25)),
@@ -274,7 +275,8 @@ def test_circular_padding_counts_as_zero_padding():
     zeros = nn.Sequential(nn.Conv2d(1, 2, 3, padding=2), nn.Conv2d(2, 1, 3, stride=2))
     f = receptive_fields(circular, (1, 20, 20))
     assert f == receptive_fields(zeros, (1, 20, 20)) and f["1"] == Field((5, 5), (2, 2), (-2, -2))
-    assert gradient_windows(circular, (1, 20, 20), [("1", (4, 5))]) == [predicted(f["1"], (4, 5))] == [((6, 10), (8, 12))]
+    assert gradient_windows(circular, (1, 20, 20), [("1", (4, 5))]) == [predicted(f["1"], (4, 5))] \
+        == [((6, 10), (8, 12))]
 
 
 def test_the_fields_of_a_small_stack_worked_out_by_hand():
@@ -290,7 +292,8 @@ def test_the_fields_of_a_small_stack_worked_out_by_hand():
 def test_max_pooling_itself_over_random_inputs():
     """Max pooling's gradient goes to the largest pixel of each window: over many random inputs, every pixel
     of the field is the largest for some of them."""
-    net = nn.Sequential(nn.Conv2d(1, 1, 3, bias=False), nn.MaxPool2d(3, 2, padding=1), nn.MaxPool2d(2, 2, ceil_mode=True))
+    net = nn.Sequential(nn.Conv2d(1, 1, 3, bias=False), nn.MaxPool2d(3, 2, padding=1),
+                        nn.MaxPool2d(2, 2, ceil_mode=True))
     f = receptive_fields(net, (1, 24, 24))
     assert f["2"] == Field((7, 7), (4, 4), (-1, -1))
     torch.manual_seed(0)
@@ -365,7 +368,8 @@ def test_alexnet_against_the_gradient_and_alexnet_v2():
     strides as d2l's AlexNet; its first convolution is unpadded, so only sizes and strides compare)."""
     plan, net, summary = traced(SPECS / "alexnet.arch", (1, 256, 80))  # pool5's 195 fits along the first axis
     f = receptive_fields(net, plan.input_shape)
-    published = {"0": (11, 4), "2": (19, 8), "3": (51, 8), "6": (99, 16), "8": (131, 16), "10": (163, 16), "12": (195, 32)}
+    published = {"0": (11, 4), "2": (19, 8), "3": (51, 8), "6": (99, 16), "8": (131, 16), "10": (163, 16),
+                 "12": (195, 32)}
     assert {name: (f[name].size[0], f[name].stride[0]) for name in published} == published
     assert check_against_gradients(net, plan.input_shape, ["2", "5", "12"], f) >= 5
 
