@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING, Any, Union
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Mapping, Union
 
 from . import syntax as S
 from .errors import ArchError
@@ -22,6 +23,8 @@ from .values import parse_shape
 
 if TYPE_CHECKING:
     from torch import nn
+
+    from .stepmemory import StepMemory
 
 SpecLike = Union[str, "os.PathLike[str]", S.Spec]
 ShapeLike = Union[str, tuple[int, ...], list[int], None]
@@ -61,17 +64,39 @@ def _traceable(spec: SpecLike, input_shape: ShapeLike, params: dict[str, Any]) -
     return resolved
 
 
-def trace(spec: ModelLike, input_shape: ShapeLike = None, *, batch: int = 1, **params: Any) -> Summary:
-    """The rows `archdsl shapes` prints: each layer's output shape and parameter count.
+def trace(spec: ModelLike, input_shape: ShapeLike = None, *, batch: int = 1, depth: int | None = None,
+          flops: bool = False, receptive_field: bool = False, params: Mapping[str, Any] | None = None,
+          **more_params: Any) -> Summary:
+    """The rows `archdsl shapes` prints: each layer's shapes, parameters and mult-adds.
 
     Runs on the meta device: no real tensors are allocated, whatever the input size.
     `input_shape` (C x H x W, e.g. (1, 28, 28) or "1x28x28") replaces the spec's
-    `input`; keyword arguments set the spec's params (`ratio=4`).
+    `input`; keyword arguments set the spec's params (`ratio=4`; a param named like one of
+    trace's own arguments goes in `params={...}`). `depth` hides nested rows in the display;
+    `flops` counts FLOPs with torch's flop counter and `receptive_field` works out each row's
+    receptive field and effective stride (each costs a forward pass on meta, ~1 s the first time).
+    A spec's warnings (see lint.py) are in `summary.warnings`.
 
     `spec` may also be an nn.Module or a reference to one (`"torchvision:resnet50"`,
     `"package.module:name"`): its forward is traced on a meta copy, one row per module
     call; `input_shape` is then required and there are no params.
     """
+    net, summary = traced(spec, input_shape, batch, {**(params or {}), **more_params})
+    if flops:
+        from .measures import count_flops
+
+        summary = summary.filled(flops=count_flops(net, summary.input_shape))
+    if receptive_field:
+        from .receptive import receptive_fields
+
+        fields = {name: field for name, field in receptive_fields(net, summary.input_shape[1:]).items() if field}
+        summary = summary.filled(receptive_field={name: f.size for name, f in fields.items()},
+                                 stride={name: f.stride for name, f in fields.items()})
+    return replace(summary, depth=depth)
+
+
+def traced(spec: ModelLike, input_shape: ShapeLike, batch: int, params: dict[str, Any]) -> tuple[nn.Module, Summary]:
+    """The network built on meta and its rows, with the spec's warnings: what trace and the memory estimate share."""
     if _is_module(spec):
         if params:
             raise ArchError(f"{_named(spec)} is a module, which has no params to set; "
@@ -80,9 +105,11 @@ def trace(spec: ModelLike, input_shape: ShapeLike = None, *, batch: int = 1, **p
 
         return trace_module(spec, input_shape, batch)
     resolved = _traceable(spec, input_shape, params)
-    from .tracer import trace_plan  # torch, now that the spec is known to be sound
+    from .lint import lint  # torch, now that the spec is known to be sound
+    from .tracer import trace_plan
 
-    return trace_plan(resolved, batch)[1]
+    net, summary = trace_plan(resolved, batch)
+    return net, replace(summary, warnings=tuple(lint(net, summary, input_span=resolved.input_span)))
 
 
 def build(spec: SpecLike, input_shape: ShapeLike = None, **params: Any) -> nn.Sequential:
@@ -100,3 +127,37 @@ def build(spec: SpecLike, input_shape: ShapeLike = None, **params: Any) -> nn.Se
 
     net, _ = trace_plan(resolved)
     return materialize(net, "cpu")
+
+
+def step_memory(spec: ModelLike, input_shape: ShapeLike = None, *, batch: int = 1, amp: bool = False,
+                optimizer: str = "sgd", device: str = "cpu", params: Mapping[str, Any] | None = None,
+                **more_params: Any) -> StepMemory:
+    """The peak memory of one training step at `batch`, estimated without allocating (see stepmemory.py).
+
+    `amp`: bf16 autocast; `optimizer`: sgd, momentum (SGD with momentum) or adamw; `device`: cpu
+    or cuda (no GPU needed). The other arguments are as for `trace`.
+    """
+    from .stepmemory import estimate_step
+
+    net, summary = traced(spec, input_shape, batch, {**(params or {}), **more_params})
+    return estimate_step(net, summary.input_shape, amp=amp, optimizer=optimizer, device=device)
+
+
+def largest_batch(spec: ModelLike, budget: int | str, input_shape: ShapeLike = None, *, amp: bool = False,
+                  optimizer: str = "sgd", device: str = "cpu", params: Mapping[str, Any] | None = None,
+                  **more_params: Any) -> int:
+    """The largest batch whose training step fits in `budget` ("16GiB", or bytes); 0 if batch 1 does not."""
+    from .stepmemory import largest_batch as search
+    from .stepmemory import parse_size
+
+    bytes_ = parse_size(budget, "budget") if isinstance(budget, str) else budget
+    net, summary = traced(spec, input_shape, 1, {**(params or {}), **more_params})
+    return search(net, summary.input_shape[1:], bytes_, amp=amp, optimizer=optimizer, device=device)
+
+
+def min_input(spec: SpecLike, params: Mapping[str, Any] | None = None, **more_params: Any) -> tuple[int, ...]:
+    """The smallest input (C x H x W, channels kept) the spec traces at: one pixel less on any axis does not."""
+    resolved = _traceable(spec, None, {**(params or {}), **more_params})
+    from .receptive import min_input as smallest
+
+    return smallest(resolved)

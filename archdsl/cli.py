@@ -7,6 +7,7 @@ commands that need it, so `archdsl --help` is instant.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -19,7 +20,7 @@ from typing import Any, Callable, List, NoReturn, Optional
 import typer
 from typer.core import TyperCommand
 
-from .errors import ArchError, ShapeError
+from .errors import ArchError, ShapeError, combine
 from .summary import COLUMNS, DEFAULT_COLUMNS, Column, Summary, columns_named
 
 app = typer.Typer(
@@ -104,33 +105,66 @@ COLUMNS_HELP = ("Columns of the table and markdown, comma-separated, in order: "
                   "work too: " + ", ".join(a for c in COLUMNS for a in c.aliases) + ".")
 
 
+class Optimizer(str, Enum):
+    sgd = "sgd"
+    momentum = "momentum"
+    adamw = "adamw"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
 @app.command(cls=_ShapesCommand)
 def shapes(
-    spec: str = typer.Argument(..., help=SPEC_HELP, show_default=False),
+    spec: str = typer.Argument(..., show_default=False,
+                               help=SPEC_HELP + " Or any nn.Module: torchvision:resnet50, package.module:factory."),
     input: Optional[str] = typer.Option(None, "--input", "-i", help=INPUT_HELP, show_default=False),
     set_: List[str] = typer.Option([], "--set", "-s", help=SET_HELP, show_default=False),
-    batch: int = typer.Option(1, "--batch", "-b", min=1, max=1_000_000, help="Batch size of the traced input."),
+    batch: Optional[int] = typer.Option(None, "--batch", "-b", min=1, max=1_000_000, show_default=False,
+                                        help="Batch size of the traced input; given, the peak memory of one training "
+                                             "step at that batch is estimated too (default: 1, no estimate)."),
     format: Format = typer.Option(Format.table, "--format", "-f",
                                   help="table or markdown for people; json or csv (every column) for programs."),
     depth: Optional[int] = typer.Option(None, "--depth", min=0,
                                         help="Show rows nested at most this deep (0: blocks collapsed)."),
     columns: Optional[str] = typer.Option(None, "--columns", help=COLUMNS_HELP, show_default=False),
+    amp: bool = typer.Option(False, "--amp", help="Estimate the training step with bf16 autocast."),
+    optimizer: Optional[Optimizer] = typer.Option(None, "--optimizer", show_default=False,
+                                                  help="The optimizer whose state the estimate counts: sgd (the "
+                                                       "default, no state), momentum, adamw."),
+    device: Device = typer.Option(Device.auto, "--device",
+                                  help="Whose memory the estimate counts (auto: cuda where there is a GPU; "
+                                       "cuda needs none)."),
+    fit: Optional[str] = typer.Option(None, "--fit", show_default=False,
+                                      help="Print the largest batch whose training step fits in this much memory: "
+                                           "16GiB, 80GB, 512MiB."),
+    min_input: bool = typer.Option(False, "--min-input", help="Print the smallest input the spec accepts."),
+    strict: bool = typer.Option(False, "--strict", help="Make the spec's warnings errors (exit 2)."),
 ) -> None:
     """Print each layer's output shape, parameters and mult-adds, without running the network.
 
     Tracing runs on PyTorch's meta device: any input size costs milliseconds and no memory.
     If a layer cannot take its input, the rows up to it are printed, then the error.
+    Warnings (legal but probably wrong: softmax before the loss, a bias batch norm cancels, ...)
+    follow the table, on stderr.
 
     The table fits the terminal (or $COLUMNS; into a pipe or file it is not cut): layer and module
     text is cut with "…", and if that is not enough, columns are left out, and it says which.
     """
 
     def run() -> None:
-        from .api import trace
+        from . import api
 
         try:
             chosen = columns_named(columns)  # before tracing: a misspelt column costs no torch import
-            summary = trace(spec, input, batch=batch, **parse_sets(set_))
+            budget = _size(fit)
+            sets = parse_sets(set_)
+            names = {c.name for c in chosen}
+            summary = api.trace(spec, input, batch=batch or 1, flops="flops" in names,
+                                receptive_field=bool(names & {"receptive_field", "stride"}), params=sets)
         except ArchError as e:
             traced = e.summary if isinstance(e, ShapeError) else None
             if traced is not None:  # the rows up to the failing layer, as asked for
@@ -140,34 +174,90 @@ def shapes(
                 typer.echo(json.dumps({"spec": named or spec, "complete": False, "layers": [], **_errors_json(e)},
                                       indent=2))
             raise
-        _print_summary(summary, format, chosen, depth)
+        extra: dict[str, Any] = {}
+        if batch is not None or amp or optimizer is not None or budget is not None:
+            how = dict(amp=amp, optimizer=(optimizer or Optimizer.sgd).value, device=_estimate_device(device))
+            extra["training_step"] = api.step_memory(spec, input, batch=batch or 1, params=sets, **how)
+            if budget is not None:
+                extra["largest_batch"] = (fit, api.largest_batch(spec, budget, input, params=sets, **how))
+        if min_input:
+            extra["min_input"] = api.min_input(spec, params=sets)
+        if strict and summary.warnings:
+            raise combine([w.as_error() for w in summary.warnings])
+        _print_summary(summary, format, chosen, depth, extra=extra)
+        if format is not Format.json:
+            for warning in summary.warnings:
+                typer.echo(warning.render(), err=True)
 
     guarded(run)
 
 
+def _size(text: Optional[str]) -> Optional[int]:
+    """--fit's memory size, checked before anything is traced."""
+    if text is None:
+        return None
+    from .stepmemory import parse_size
+
+    return parse_size(text, "--fit")
+
+
+def _estimate_device(device: Device) -> str:
+    if device is not Device.auto:
+        return device.value
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _errors_json(error: ArchError) -> dict[str, Any]:
     """`error`: the first mistake, located; `errors`: all of them, when there are several."""
-    located = [{"message": e.message, "file": e.span.source.name if e.span else e.where,
-                "line": e.span.line if e.span else None, "column": e.span.column if e.span else None}
-               for e in error.errors]
+    located = [_located(e) for e in error.errors]
     return {"error": located[0], **({"errors": located} if len(located) > 1 else {})}
 
 
+def _located(e: Any) -> dict[str, Any]:
+    """An error's or a warning's message and place, for JSON."""
+    return {"message": e.message, "file": e.span.source.name if e.span else getattr(e, "where", None),
+            "line": e.span.line if e.span else None, "column": e.span.column if e.span else None}
+
+
 def _print_summary(summary: Summary, format: Format, columns: tuple[Column, ...], depth: Optional[int],
-                   error: ShapeError | None = None) -> None:
+                   error: ShapeError | None = None, extra: Optional[dict[str, Any]] = None) -> None:
+    """The table (or markdown, CSV, JSON), then what was asked for beyond it: the training step's memory,
+    the largest batch that fits, the smallest input."""
+    extra = extra or {}
     if format is Format.json:
         data = summary.to_dict()
         if depth is not None:
             data["layers"] = [r for r in data["layers"] if r["depth"] <= depth]
+        data["warnings"] = [{"code": w.code, **_located(w)} for w in summary.warnings]
+        if "training_step" in extra:
+            data["training_step"] = dataclasses.asdict(extra["training_step"])
+        if "largest_batch" in extra:
+            data["largest_batch"] = dict(zip(("budget", "batch"), extra["largest_batch"]))
+        if "min_input" in extra:
+            data["min_input"] = list(extra["min_input"])
         if error is not None:
             data.update(_errors_json(error))
         typer.echo(json.dumps(data, indent=2))
-    elif format is Format.csv:
+        return
+    if format is Format.csv:
         typer.echo(summary.to_csv(depth), nl=False)
-    elif format is Format.markdown:
+        return
+    if format is Format.markdown:
         typer.echo(summary.to_markdown(depth, columns=columns))
     else:
         typer.echo(summary.table(depth, columns=columns, width=_table_width()))
+    if "training_step" in extra:
+        step = str(extra["training_step"])
+        typer.echo(step[:1].upper() + step[1:])
+    if "largest_batch" in extra:
+        budget, largest = extra["largest_batch"]
+        typer.echo(f"Largest batch whose training step fits in {budget}: {largest:,}" if largest else
+                   f"Even batch 1 does not fit in {budget}")
+    if "min_input" in extra:
+        smallest = "x".join(map(str, extra["min_input"]))
+        typer.echo(f"Smallest input it accepts: {smallest} (one less on any axis does not trace)")
 
 
 def _table_width() -> Optional[int]:

@@ -148,6 +148,7 @@ class Plan:
     params: dict[str, Value]
     recipe: Recipe | None
     steps: tuple[Step, ...]
+    input_span: Span | None = None  # the `input` statement, when it gave input_shape (not --input)
 
 
 @dataclass(frozen=True)
@@ -253,7 +254,8 @@ class _Expander:
         self.log.check()
         if not steps:
             raise ArchError("the spec has no layers", where=src.name)
-        return Plan(src, tuple(input_shape) if input_shape else None, self.globals, recipe, steps)
+        given = inputs[0].span if inputs and input_shape == inputs[0].dims else None
+        return Plan(src, tuple(input_shape) if input_shape else None, self.globals, recipe, steps, given)
 
     def _attempt(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run one independent piece of the expansion; log its mistake, with the calls that led there, and go on."""

@@ -14,7 +14,7 @@ import io
 import math
 import re
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator, Sequence, Union
 
 from .errors import ArchError, Span, _width, clip, printable
@@ -78,9 +78,16 @@ class Summary:
     rows: tuple[Row, ...]
     complete: bool = True  # False when tracing stopped at a shape error
     depth: int | None = None  # the deepest rows shown (0: blocks collapsed; None: all); totals count every row
+    warnings: tuple[Any, ...] = ()  # the spec's lint.SpecWarning, in the order its layers run
 
     def __iter__(self) -> Iterator[Row]:
         return iter(self.rows)
+
+    def filled(self, **by_name: dict[str, Any]) -> Summary:
+        """The same summary with Row fields set from {row name: value}: `filled(flops={"0": 1840, ...})`."""
+        rows = tuple(replace(r, **{field: values[r.name] for field, values in by_name.items() if r.name in values})
+                     for r in self.rows)
+        return replace(self, rows=rows)
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -51,8 +51,8 @@ from .values import did_you_mean, parse_shape, show_shape, whole_number
 
 
 def trace_module(model: nn.Module | str, input_shape: str | tuple[int, ...] | list[int] | None,
-                 batch: int = 1) -> Summary:
-    """The rows of one forward of `model` (a module or a reference to one) on an input of
+                 batch: int = 1) -> tuple[nn.Module, Summary]:
+    """The meta copy of `model` and the rows of one forward of it (a module or a reference to one) on an input of
     `input_shape` (without the batch) at `batch`.
 
     Raises ShapeError when the forward fails, naming the innermost module that was running,
@@ -71,7 +71,7 @@ def trace_module(model: nn.Module | str, input_shape: str | tuple[int, ...] | li
         raise ArchError(f"{label} is a TorchScript module, which archdsl cannot trace: pass the nn.Module it was "
                         f"scripted from")
     net = meta_copy(module)
-    return _Recorder(net, label).run(torch.empty(shape, dtype=_input_dtype(net), device="meta"))
+    return net, _Recorder(net, label).run(torch.empty(shape, dtype=_input_dtype(net), device="meta"))
 
 
 def _batch(batch: Any) -> int:

@@ -28,7 +28,7 @@ def test_shapes_table():
     assert first.split()[:2] == ["1", "conv(96,"] and "(1, 96, 54, 54)" in first
     assert first.endswith("11,712    34.15 M  13:1")
     assert "Total params: 46,764,746" in r.stdout and "Output: (1, 10)" in r.stdout
-    assert r.stderr == ""
+    assert r.stderr.count(": warning: ") == 4  # d2l's AlexNet leaves rows unread at its first conv and 3 pools
 
 
 def test_shapes_json_schema():
