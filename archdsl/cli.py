@@ -27,12 +27,25 @@ app = typer.Typer(
     name="archdsl",
     help="Write a network as text; see every layer's shape; get a plain PyTorch nn.Sequential.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 USER_ERROR = 2  # bad spec, bad flag, missing file: the user can fix it
+
+
+def _version(shown: bool) -> None:
+    if shown:
+        from . import __version__
+
+        typer.echo(f"archdsl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True,
+                                          help="Print archdsl's version and exit.")) -> None:
+    """Write a network as text; see every layer's shape; get a plain PyTorch nn.Sequential."""
 
 
 class Format(str, Enum):

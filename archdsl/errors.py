@@ -112,6 +112,14 @@ class ArchError(ValueError):
     def _render_one(self) -> str:
         return report(self.kind, self.message, self.span, self.notes, self.where)
 
+    def _render_traceback_(self) -> list[str]:
+        """What IPython and Jupyter show for it in place of a traceback through archdsl's code: the report
+        the CLI prints (with, for a ShapeError, the rows traced up to the failing layer)."""
+        return [*self._shown_before(), *self.render().splitlines()]
+
+    def _shown_before(self) -> list[str]:
+        return []
+
 
 def report(label: str, message: str, span: Span | None, notes: tuple[str, ...] = (), where: str | None = None) -> str:
     """`file:line:col: LABEL: message`, the source line with a caret under the span, then the notes: one
@@ -171,6 +179,9 @@ class ShapeError(ArchError):
                  notes: tuple[str, ...] = ()) -> None:
         super().__init__(message, span, notes=notes)
         self.summary = summary
+
+    def _shown_before(self) -> list[str]:
+        return str(self.summary).splitlines() if self.summary is not None else []
 
 
 EXCERPT_WIDTH = 100  # characters of a long line shown around the caret
