@@ -18,8 +18,9 @@ tests/test_cuda.py) and modelled:
 - on the CPU, a convolution's own buffers (`_cpu_scratch`): oneDNN's channel-blocked copies, or
   the unfolded input (im2col) where torch does without oneDNN;
 - on CUDA, cuBLAS's workspaces (`_cublas_workspaces`), which stay from the first step on.
-Not modelled: cuDNN's workspaces (up to a fifth of AlexNet's step on an H100, but torch falls back
-to plans with smaller workspaces when a large one does not fit, so they do not decide what fits).
+Not modelled: cuDNN's workspaces. On an H100 they were up to 151 MB (13% of AlexNet's float32 step
+at batch 128; 16% of LeNet's bf16 step at batch 256), but torch skips the plans whose workspace
+does not fit in the memory left and falls back to leaner ones, so they do not decide what fits.
 
 `device="cuda"` works without a GPU, because the step always runs on fake *CPU* tensors: since
 torch 2.11 the autograd engine asks the CUDA driver about the device of every fake CUDA tensor,
@@ -56,6 +57,7 @@ CUDA_BLOCK = 512  # the CUDA caching allocator rounds every block up to a multip
 CUBLAS_HOPPER = 32 * 2 ** 20  # torch's cuBLAS workspace per handle on sm_90 (CublasHandlePool.cpp)
 CUBLAS_OTHER = 8 * 2 ** 20 + 128 * 2 ** 10  # and on other GPUs
 CUBLASLT = 2 ** 20  # cuBLASLt's own workspace, for a matrix product with a bias (a linear layer's forward)
+ONEDNN_BLOCK = 8  # channels: oneDNN's blocked layouts on the CPU (_cpu_scratch)
 aten = torch.ops.aten
 # Ops that run on cuBLAS on CUDA: each thread that runs one (the caller's, autograd's) gets a workspace.
 MATMULS = frozenset({aten.mm, aten.addmm, aten.bmm, aten.baddbmm, aten.addbmm, aten.mv, aten.addmv, aten.dot,
@@ -226,11 +228,13 @@ def estimate_step(model: nn.Module, input_shape: tuple[int, ...], *, amp: bool =
 def _cpu_scratch(func: Any, args: tuple, out: Any) -> int:
     """What a CPU convolution holds for itself while it runs, beyond its inputs and outputs.
 
-    Read off the allocator (torch 2.14's profiler, x86): oneDNN, which runs float32 convolutions
-    (and bf16 ones on CPUs with bf16 instructions), works in blocks of 8 channels (16 with AVX-512):
-    the forward pass makes its output in blocks before copying it out, and the backward pass copies
-    the incoming gradient, and the input when the weight needs a gradient, into blocks. Without
-    oneDNN, torch unfolds the input for the whole batch (im2col: one column per output pixel).
+    Read off the allocator (torch's profiler): oneDNN, which runs float32 convolutions (and bf16
+    ones on CPUs with bf16 instructions), works in blocks of channels: the forward pass makes its
+    output in blocks before copying it out, and the backward pass copies the incoming gradient, and
+    the input when the weight needs a gradient, into blocks. On an AVX2 CPU (torch 2.14) the blocks
+    are 8 channels, to the byte; on an AVX-512 one (torch 2.11) oneDNN chose 16 for some tensors,
+    8 for others and copied no 1-channel input, and blocks of 8 still gave LeNet's peaks within 10%.
+    Without oneDNN, torch unfolds the input for the whole batch (im2col: one column per output pixel).
     """
     backward = func is aten.convolution_backward.default
     if not backward and func is not aten.convolution.default:
@@ -240,9 +244,8 @@ def _cpu_scratch(func: Any, args: tuple, out: Any) -> int:
     else:  # (input, weight, bias, stride, padding, dilation, transposed, ...)
         x, w, transposed, grad = args[0], args[1], args[6], out
     if _onednn(x.dtype):
-        block = 16 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 8
-        blocked = _blocked(grad, block)
-        return blocked + _blocked(x, block) * bool(mask[1]) if backward else blocked
+        blocked = _blocked(grad, ONEDNN_BLOCK)
+        return blocked + _blocked(x, ONEDNN_BLOCK) * bool(mask[1]) if backward else blocked
     if transposed:
         return 0  # torch's own transposed convolutions: not measured
     pixels = math.prod(grad.shape[2:])  # of the output
@@ -271,7 +274,9 @@ def _cublas_workspaces(blas: set[str], biased: set[str]) -> int:
 
     A handle's workspace is sized as torch sizes it: CUBLAS_WORKSPACE_CONFIG's ":KiB:count" pairs
     when set, else 32 MiB on Hopper (sm_90) and 8 MiB + 128 KiB on other GPUs. Without a GPU to
-    ask, Hopper's, the larger, so that the estimate errs high.
+    ask, Hopper's, the larger, so that the estimate errs high. Measured on an H100 (torch 2.11):
+    2 x 32 MiB + 1 MiB after a step of a linear layer with a bias, 2 x 32 MiB without the bias,
+    nothing for a network without matrix products.
     """
     if not blas:
         return 0
