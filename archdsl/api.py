@@ -147,8 +147,8 @@ def largest_batch(spec: ModelLike, budget: int | str, input_shape: ShapeLike = N
                   optimizer: str = "sgd", device: str = "cpu", params: Mapping[str, Any] | None = None,
                   **more_params: Any) -> int:
     """The largest batch whose training step fits in `budget` ("16GiB", or bytes); 0 if batch 1 does not."""
+    from .memory import parse_size
     from .stepmemory import largest_batch as search
-    from .stepmemory import parse_size
 
     bytes_ = parse_size(budget, "budget") if isinstance(budget, str) else budget
     net, summary = traced(spec, input_shape, 1, {**(params or {}), **more_params})

@@ -209,7 +209,7 @@ def _size(text: Optional[str]) -> Optional[int]:
     """--fit's memory size, checked before anything is traced."""
     if text is None:
         return None
-    from .stepmemory import parse_size
+    from .memory import parse_size
 
     return parse_size(text, "--fit")
 

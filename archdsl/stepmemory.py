@@ -40,7 +40,6 @@ import os
 import re
 import weakref
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
@@ -391,30 +390,3 @@ def largest_batch(model: nn.Module, sample_shape: tuple[int, ...], budget: int, 
             mid = (lo + hi) // 2
             lo, hi = (mid, hi) if fits(mid) else (lo, mid)
     return lo
-
-
-_SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(e[+-]?\d+)?\s*([kmgtp]?)(i?b?)", re.IGNORECASE)
-MAX_SIZE = 2 ** 64  # 16 EiB: no memory is larger, and beyond it is a typo
-
-
-def parse_size(text: str, flag: str = "--fit") -> int:
-    """A memory size in bytes: "16GiB", "16 GiB", "512MB", "1.5G", "800M", "1e9" (bytes), "2TiB".
-
-    K, M, G, T and P are powers of 1024 with or without "iB" or "B": "16GB" is 16 GiB. That is how
-    memory is sold and shown (JEDEC's units: a "16 GB" GPU has 16384 MiB in nvidia-smi, and torch's
-    out-of-memory messages count in GiB), so a user who types 16GB for a 16 GB card gets that card.
-    """
-    m = _SIZE.fullmatch(text.strip())
-    if m is None:
-        raise _bad_size(text, flag)
-    number, exponent, prefix, suffix = m.groups()
-    if suffix.lower() not in (("", "b", "ib") if prefix else ("", "b")):  # "16 Gi", "16iB"
-        raise _bad_size(text, flag)
-    value = Decimal(number + (exponent or "")) * 1024 ** ("kmgtp".index(prefix.lower()) + 1 if prefix else 0)
-    if not 1 <= value <= MAX_SIZE:
-        raise _bad_size(text, flag, "a size is at least one byte and at most 16 EiB")
-    return int(value)
-
-
-def _bad_size(text: str, flag: str, why: str | None = None) -> ArchError:
-    return ArchError(f"{flag} takes a memory size such as 16GiB or 512MB; got {text!r}", notes=(why,) if why else ())

@@ -24,7 +24,8 @@ from archdsl import stepmemory
 from archdsl.api import plan
 from archdsl.errors import ArchError
 from archdsl.memory import show_bytes
-from archdsl.stepmemory import MAX_BATCH, OPTIMIZERS, estimate_step, largest_batch, parse_size
+from archdsl.memory import parse_size
+from archdsl.stepmemory import MAX_BATCH, OPTIMIZERS, estimate_step, largest_batch
 from archdsl.tracer import trace_plan
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
