@@ -46,7 +46,7 @@ from .errors import ArchError, ShapeError, clip
 from .limits import limit, raise_hint
 from .measures import kernel, mult_adds, output_bytes
 from .summary import Row, Summary
-from .tracer import _MOST_ELEMENTS, _one_line
+from .tracer import MOST_ELEMENTS, one_line
 from .values import did_you_mean, parse_shape, show_shape, whole_number
 
 
@@ -63,7 +63,7 @@ def trace_module(model: nn.Module | str, input_shape: str | tuple[int, ...] | li
         raise ArchError(f"{label} is a module, which says nothing of its input: pass --input CxHxW "
                         f"(input_shape= in Python), such as --input 3x224x224")
     shape = (_batch(batch), *parse_shape(input_shape))
-    if math.prod(shape) >= _MOST_ELEMENTS:
+    if math.prod(shape) >= MOST_ELEMENTS:
         raise ArchError(f"an input of shape {show_shape(shape)} holds {math.prod(shape):.3g} numbers, "
                         f"more than a tensor can (2^61)")
     module = load(model) if isinstance(model, str) else model
@@ -271,7 +271,7 @@ class _Recorder:
         inner = [r for r in self.rows[call.at + 1:] if r is not None and r.depth == call.depth + 1]
         own_mult_adds = mult_adds(module, call.input_shape, out) if y is not None else 0
         return Row(call.at + 1, self.names[id(module)], call.depth, "block" if _has_children(module) else "layer",
-                   self.layer_text(module), " ".join(_one_line(module).split()), out,
+                   self.layer_text(module), " ".join(one_line(module).split()), out,
                    params + sum(r.params for r in inner), None, call.input_shape,
                    trainable + sum(r.trainable for r in inner), own_mult_adds + sum(r.mult_adds for r in inner),
                    kernel(module), output_bytes(out, y.element_size()) if y is not None else 0)

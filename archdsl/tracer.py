@@ -31,7 +31,7 @@ def trace_plan(plan: Plan, batch: int = 1) -> tuple[nn.Sequential, Summary]:
     if whole_number(batch, "a batch size") < 1:
         raise ArchError(f"batch size must be from 1 to {limit('size'):,}, not {batch}", where=plan.source.name)
     input_shape = (batch, *plan.input_shape)
-    if math.prod(input_shape) >= _MOST_ELEMENTS:
+    if math.prod(input_shape) >= MOST_ELEMENTS:
         raise ArchError(f"an input of shape {show_shape(input_shape)} holds {math.prod(input_shape):.3g} numbers, "
                         f"more than a tensor can (2^61)", where=plan.source.name)
     rows: list[Row | None] = []
@@ -46,7 +46,7 @@ def trace_plan(plan: Plan, batch: int = 1) -> tuple[nn.Sequential, Summary]:
     return nn.Sequential(*modules), Summary(plan.source.name, input_shape, tuple(rows))
 
 
-_MOST_ELEMENTS = 2 ** 61  # torch counts a tensor's bytes in 63 bits, up to 4 bytes an element here
+MOST_ELEMENTS = 2 ** 61  # torch counts a tensor's bytes in 63 bits, up to 4 bytes an element here
 
 
 def _trace(steps: tuple[Step, ...], x: torch.Tensor, prefix: str, depth: int, rows: list[Row | None],
@@ -74,14 +74,14 @@ def _trace(steps: tuple[Step, ...], x: torch.Tensor, prefix: str, depth: int, ro
             module, x = _run(step, x, callers, paths)
             text = f"{step.layer.name}({', '.join(['[…]'] * len(paths))})"  # the paths have rows of their own
             own, own_trainable = _count(module, recurse=False)
-            rows[at] = Row(at + 1, name, depth, "join", text, _one_line(module), tuple(x.shape),
+            rows[at] = Row(at + 1, name, depth, "join", text, one_line(module), tuple(x.shape),
                            own + _inner(rows, at, depth, "params"), step.span, before,
                            own_trainable + _inner(rows, at, depth, "trainable"), _inner(rows, at, depth, "mult_adds"),
                            output_bytes=output_bytes(tuple(x.shape)))
         else:
             before = tuple(x.shape)
             module, x = _run(step, x, callers)
-            shown = _one_line(module) if any(True for _ in module.children()) else repr(module)
+            shown = one_line(module) if any(True for _ in module.children()) else repr(module)
             params, trainable = _count(module)
             rows.append(Row(len(rows) + 1, name, depth, "layer", step.span.oneline, shown, tuple(x.shape),
                             params, step.span, before, trainable, mult_adds(module, before, tuple(x.shape)),
@@ -126,7 +126,7 @@ def _trace_path(path: PathStep, x: torch.Tensor, name: str, depth: int, rows: li
     return module, tuple(y.shape)
 
 
-def _one_line(module: nn.Module) -> str:
+def one_line(module: nn.Module) -> str:
     """A container's class and settings, without the children its repr would list."""
     return f"{type(module).__name__}({module.extra_repr()})"
 
