@@ -61,3 +61,19 @@ def test_the_limits_table_is_the_code_s():
     rows = re.findall(r"^\| [^|]+ \| ([\d,]+) \| (`\w+`)? *\|", doc, re.M)
     assert {int(value.replace(",", "")): env.strip("`") or None for value, env in rows} == \
         {lim.value: lim.env for lim in LIMITS.values()}
+
+
+def test_the_inspection_guide_lists_every_column_and_warning():
+    """docs/inspection.md's tables are the code's: each column with its aliases, each warning code."""
+    from archdsl import lint
+    from archdsl.summary import COLUMNS
+
+    doc = (ROOT / "docs" / "inspection.md").read_text()
+    for column in COLUMNS:
+        row = next((line for line in doc.splitlines() if line.startswith(f"| `{column.name}` |")), None)
+        assert row is not None, column.name
+        assert row.split(" | ")[1] == column.header and all(f"`{a}`" in row for a in column.aliases), row
+    codes = {v for k, v in vars(lint).items() if k.isupper() and isinstance(v, str) and "-" in v}
+    assert len(codes) == 7
+    for code in codes:
+        assert f"| `{code}` |" in doc, code
