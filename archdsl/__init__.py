@@ -17,15 +17,18 @@ from .errors import ArchError, ShapeError, SpecSyntaxError
 
 __version__ = "0.1.0"
 
-__all__ = ["ArchError", "ShapeError", "SpecSyntaxError", "Summary", "build", "parse", "trace", "train"]
+__all__ = ["ArchError", "ShapeError", "SpecSyntaxError", "Summary", "build", "diff", "largest_batch", "min_input",
+           "parse", "step_memory", "trace", "train"]
 
 if TYPE_CHECKING:
-    from .api import build, trace
+    from .api import build, largest_batch, min_input, step_memory, trace
+    from .diff import diff
     from .parser import parse
     from .summary import Summary
     from .trainer import train
 
-_LAZY = {"build": "api", "trace": "api", "parse": "parser", "Summary": "summary", "train": "trainer"}
+_LAZY = {"build": "api", "trace": "api", "step_memory": "api", "largest_batch": "api", "min_input": "api",
+         "diff": "diff", "parse": "parser", "Summary": "summary", "train": "trainer"}
 
 
 def __getattr__(name: str) -> Any:  # PEP 562: import lark and torch only when they are needed
