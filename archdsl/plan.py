@@ -363,7 +363,7 @@ class _Expander:
             if p.name in overrides:
                 env[p.name] = from_python(p.name, overrides[p.name])
             elif p.default is not None:
-                if any(isinstance(n, S.Name) and n.id in failed for n in _exprs(p.default)):
+                if any(isinstance(n, S.Name) and n.id in failed for n in exprs(p.default)):
                     failed.add(p.name)
                     continue
                 value = self._attempt(evaluate, p.default, {**env, INPUT: input_shape})
@@ -449,7 +449,7 @@ class _Expander:
         are expanded). A long argument list evaluated in a repeat costs in proportion."""
         key = id(item)
         if key not in self.weights:
-            self.weights[key] = sum(1 for _ in _exprs(item, into_paths=False))
+            self.weights[key] = sum(1 for _ in exprs(item, into_paths=False))
         return self.weights[key]
 
     @contextlib.contextmanager
@@ -618,7 +618,7 @@ class _Expander:
         """Whether a block's argument defaults or body read `input.*` (the bodies of blocks it calls are theirs)."""
         if bdef.name not in self.reads_input:
             parts = (bdef.params, bdef.defaults, bdef.body)
-            self.reads_input[bdef.name] = any(isinstance(n, S.InputRef) for part in parts for n in _exprs(part))
+            self.reads_input[bdef.name] = any(isinstance(n, S.InputRef) for part in parts for n in exprs(part))
         return self.reads_input[bdef.name]
 
     def _check_recursion(self, bdef: S.BlockDef, chain: tuple[str, ...] = ()) -> None:
@@ -659,16 +659,16 @@ def _calls(items: tuple[S.Item, ...]) -> Iterator[S.Call]:
                     yield from _calls(a.path.items)
 
 
-def _exprs(node: Any, into_paths: bool = True) -> Iterator[Any]:
+def exprs(node: Any, into_paths: bool = True) -> Iterator[Any]:
     """Every syntax node under `node` (dataclasses, tuples), depth first; without what nested paths hold
     when `into_paths` is false."""
     yield node
     if isinstance(node, tuple):
         for x in node:
-            yield from _exprs(x, into_paths)
+            yield from exprs(x, into_paths)
     elif hasattr(node, "__dataclass_fields__") and not isinstance(node, (Span, Source)) \
             and (into_paths or not isinstance(node, S.Path)):
         for name in node.__dataclass_fields__:
-            yield from _exprs(getattr(node, name), into_paths)
+            yield from exprs(getattr(node, name), into_paths)
 
 

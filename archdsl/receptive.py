@@ -47,7 +47,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from . import syntax as S
 from .errors import ArchError
 from .parser import parse_source
-from .plan import BlockStep, Plan, Step, _exprs, expand
+from .plan import BlockStep, Plan, Step, exprs, expand
 from .tracer import trace_plan
 from .values import show_shape
 
@@ -913,12 +913,12 @@ def _resizer(plan: Plan) -> tuple[Callable[[tuple[int, ...]], Plan], bool]:
     with its params as they were set."""
     tree = parse_source(plan.source)
     top = [st for st in tree.statements if not isinstance(st, S.BlockDef)]
-    if not any(isinstance(node, S.InputRef) for node in _exprs(tuple(top))):
+    if not any(isinstance(node, S.InputRef) for node in exprs(tuple(top))):
         return lambda shape: dataclasses.replace(plan, input_shape=shape), False
     reading: set[str] = set()  # params whose default reads the input's size, itself or through another
     for st in top:
         if isinstance(st, S.ParamStmt) and any(isinstance(n, S.InputRef) or (isinstance(n, S.Name) and n.id in reading)
-                                               for n in _exprs(st.default)):
+                                               for n in exprs(st.default)):
             reading.add(st.name)
     fixed = {name: v for name, v in plan.params.items() if name not in reading}
     again = expand(tree, fixed, plan.input_shape).params
