@@ -81,6 +81,8 @@ def trace(spec: ModelLike, input_shape: ShapeLike = None, *, batch: int = 1, dep
     `"package.module:name"`): its forward is traced on a meta copy, one row per module
     call; `input_shape` is then required and there are no params.
     """
+    if depth is not None and (not isinstance(depth, int) or depth < 0):
+        raise ArchError(f"depth is a level of nesting from 0 (blocks collapsed), not {depth!r}")
     net, summary = traced(spec, input_shape, batch, {**(params or {}), **more_params})
     if flops:
         from .measures import count_flops
@@ -151,12 +153,17 @@ def largest_batch(spec: ModelLike, budget: int | str, input_shape: ShapeLike = N
     from .stepmemory import largest_batch as search
 
     bytes_ = parse_size(budget, "budget") if isinstance(budget, str) else budget
+    if not isinstance(bytes_, int) or bytes_ < 1:
+        raise ArchError(f"budget takes a memory size such as '16GiB', or a number of bytes from 1; got {budget!r}")
     net, summary = traced(spec, input_shape, 1, {**(params or {}), **more_params})
     return search(net, summary.input_shape[1:], bytes_, amp=amp, optimizer=optimizer, device=device)
 
 
 def min_input(spec: SpecLike, params: Mapping[str, Any] | None = None, **more_params: Any) -> tuple[int, ...]:
     """The smallest input (C x H x W, channels kept) the spec traces at: one pixel less on any axis does not."""
+    if _is_module(spec):
+        raise ArchError(f"{_named(spec)} is a module: the smallest input is searched for a spec, whose layers say "
+                        f"what they accept; trace the module at the sizes you want instead")
     resolved = _traceable(spec, None, {**(params or {}), **more_params})
     from .receptive import min_input as smallest
 

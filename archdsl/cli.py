@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import sys
+import textwrap
 import threading
 from enum import Enum
 from typing import Any, Callable, List, NoReturn, Optional
@@ -22,6 +23,7 @@ import typer
 from typer.core import TyperCommand
 
 from .errors import ArchError, ShapeError, combine
+from .memory import show_bytes
 from .summary import COLUMNS, DEFAULT_COLUMNS, Column, Summary, columns_named
 
 app = typer.Typer(
@@ -190,28 +192,37 @@ def shapes(
             traced = e.summary if isinstance(e, ShapeError) else None
             if traced is not None:  # the rows up to the failing layer, as asked for
                 _print_summary(traced, format, chosen, depth, error=e)
-            elif format is Format.json:  # a program reading stdout gets the mistakes as JSON too
-                named = e.span.source.name if e.span else e.where
-                typer.echo(json.dumps({"spec": named or spec, "complete": False, "layers": [], **_errors_json(e)},
-                                      indent=2))
+            else:
+                _print_json_error(e, spec, format)
             raise
-        extra: dict[str, Any] = {}
-        collect_from_here()  # the estimates below make and drop many fake tensors
-        if batch is not None or amp or optimizer is not None or budget is not None:
-            how = dict(amp=amp, optimizer=(optimizer or Optimizer.sgd).value, device=_estimate_device(device))
-            extra["training_step"] = api.step_memory(spec, input, batch=batch or 1, params=sets, **how)
-            if budget is not None:
-                extra["largest_batch"] = (fit, api.largest_batch(spec, budget, input, params=sets, **how))
-        if min_input:
-            extra["min_input"] = api.min_input(spec, params=sets)
-        if strict and summary.warnings:
-            raise combine([w.as_error() for w in summary.warnings])
+        try:
+            if strict and summary.warnings:
+                raise combine([w.as_error() for w in summary.warnings])
+            extra: dict[str, Any] = {}
+            collect_from_here()  # the estimates below make and drop many fake tensors
+            if batch is not None or amp or optimizer is not None or budget is not None or device is not Device.auto:
+                how = dict(amp=amp, optimizer=(optimizer or Optimizer.sgd).value, device=_estimate_device(device))
+                extra["training_step"] = api.step_memory(spec, input, batch=batch or 1, params=sets, **how)
+                if budget is not None:
+                    extra["largest_batch"] = (budget, api.largest_batch(spec, budget, input, params=sets, **how))
+            if min_input:
+                extra["min_input"] = api.min_input(spec, params=sets)
+        except ArchError as e:
+            _print_json_error(e, spec, format)
+            raise
         _print_summary(summary, format, chosen, depth, extra=extra)
         if format is not Format.json:
             for warning in summary.warnings:
                 typer.echo(warning.render(), err=True)
 
     guarded(run)
+
+
+def _print_json_error(e: ArchError, spec: str, format: Format) -> None:
+    """A mistake as one JSON object on stdout, where a program reading it asked for JSON."""
+    if format is Format.json:
+        named = e.span.source.name if e.span else e.where
+        typer.echo(json.dumps({"spec": named or spec, "complete": False, "layers": [], **_errors_json(e)}, indent=2))
 
 
 def _size(text: Optional[str]) -> Optional[int]:
@@ -256,7 +267,7 @@ def _print_summary(summary: Summary, format: Format, columns: tuple[Column, ...]
         if "training_step" in extra:
             data["training_step"] = dataclasses.asdict(extra["training_step"])
         if "largest_batch" in extra:
-            data["largest_batch"] = dict(zip(("budget", "batch"), extra["largest_batch"]))
+            data["largest_batch"] = dict(zip(("budget_bytes", "batch"), extra["largest_batch"]))
         if "min_input" in extra:
             data["min_input"] = list(extra["min_input"])
         if error is not None:
@@ -270,16 +281,23 @@ def _print_summary(summary: Summary, format: Format, columns: tuple[Column, ...]
         typer.echo(summary.to_markdown(depth, columns=columns))
     else:
         typer.echo(summary.table(depth, columns=columns, width=_table_width()))
+    width = _table_width()
+    lines = []
     if "training_step" in extra:
         step = str(extra["training_step"])
-        typer.echo(step[:1].upper() + step[1:])
+        lines.append(step[:1].upper() + step[1:])
     if "largest_batch" in extra:
+        from .stepmemory import MAX_BATCH
+
         budget, largest = extra["largest_batch"]
-        typer.echo(f"Largest batch whose training step fits in {budget}: {largest:,}" if largest else
-                   f"Even batch 1 does not fit in {budget}")
+        lines.append(f"Largest batch whose training step fits in {show_bytes(budget)}: "
+                     + (f"at least {largest:,} (the search stops there)" if largest >= MAX_BATCH else f"{largest:,}")
+                     if largest else f"Even batch 1 does not fit in {show_bytes(budget)}")
     if "min_input" in extra:
         smallest = "x".join(map(str, extra["min_input"]))
-        typer.echo(f"Smallest input it accepts: {smallest} (one less on any axis does not trace)")
+        lines.append(f"Smallest input it accepts: {smallest} (one less on any axis does not trace)")
+    for line in lines:
+        typer.echo(textwrap.fill(line, width, subsequent_indent="  ") if width else line)
 
 
 def _table_width() -> Optional[int]:
@@ -315,6 +333,13 @@ def diff_(
     """
 
     def run() -> bool:
+        try:
+            return compare()
+        except ArchError as e:
+            _print_json_error(e, spec_a, format)
+            raise
+
+    def compare() -> bool:
         from .api import trace
         from .diff import diff
 
@@ -326,8 +351,15 @@ def diff_(
         if spec_b is None and sides[0][1] == sides[1][1]:
             raise ArchError("diff compares two networks: name a second spec, or set a param differently with "
                             "--set-a/--set-b (archdsl diff specs/vgg.arch --set-b ratio=4)")
-        a_summary, b_summary = (trace(spec, input, batch=batch, **sets) for spec, sets in sides)
         labels = [" ".join([spec, *(f"{k}={v}" for k, v in sets.items())]) for spec, sets in sides]
+        summaries = []
+        for side, (spec, sets), label in zip("AB", sides, labels):
+            try:
+                summaries.append(trace(spec, input, batch=batch, params=sets))
+            except ArchError as e:
+                e.notes = (*e.notes, f"in {side}: {label}")
+                raise
+        a_summary, b_summary = summaries
         result = diff(a_summary, b_summary, *labels)
         if format is Format.json:
             data = result.to_dict()

@@ -356,7 +356,8 @@ class _ToSyntax(Transformer_NonRecursive):
     def number(self, meta, tok):
         mantissa, _, exponent = str(tok).lower().partition("e")
         if len(mantissa) > 30 or (exponent and (len(exponent) > 4 or abs(int(exponent)) > 30)):
-            self.log.record(SpecSyntaxError(f"number {clip(tok, 40)} is too large to be meant", self.sp(meta)))
+            self.log.record(SpecSyntaxError(f"number {clip(tok, 40)} is out of range: a number in a spec has at most "
+                                            f"30 digits and an exponent from -30 to 30", self.sp(meta)))
             return S.Number(Fraction(1), self.sp(meta))
         return S.Number(Fraction(str(tok)), self.sp(meta))
 

@@ -111,8 +111,9 @@ class StepMemory:
                 f"peak {show_bytes(self.peak)} = weights {show_bytes(self.params)} + optimizer state "
                 f"{show_bytes(self.optimizer_state)} + batch {show_bytes(self.batch)} + "
                 + (f"cuBLAS workspaces {show_bytes(self.workspaces)} + " if self.workspaces else "")
-                + f"{show_bytes(self.peak - self.standing)} in the {self.peak_in} (activations kept for "
-                f"backward {show_bytes(self.activations)}, gradients {show_bytes(self.grads)})")
+                + f"{show_bytes(self.peak - self.standing)} at its height in the {self.peak_in} (the forward pass "
+                f"keeps {show_bytes(self.activations)} for the backward, freed as its {show_bytes(self.grads)} of "
+                f"gradients are made)")
 
 
 Scratch = Callable[[Any, tuple, Any], int]  # (op, its arguments, its outputs) -> bytes it holds while it runs

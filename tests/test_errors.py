@@ -237,7 +237,8 @@ def test_deep_nesting_is_an_error_not_a_crash():
 
 @pytest.mark.parametrize("text, words", [
     ("input 3x8x8; conv(99999999999999999999, k3)", "more than any network can use"),
-    ("input 3x8x8; conv(1e99999999, k3)", "number 1e99999999 is too large to be meant"),
+    ("input 3x8x8; conv(1e99999999, k3)", "number 1e99999999 is out of range"),
+    ("input 10; linear(10) layernorm(eps=1e-31)", "number 1e-31 is out of range: a number in a spec has at most 30"),
     ("input 99999999999x3; relu", "input 99999999999x3: a size above 999,999,999 is too large to be meant"),
     ("input 3x8x8; conv(2147483647, k3) flatten linear(2147483647)", "linear(2147483647) gets (1, 77309411292)"),
 ])

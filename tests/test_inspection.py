@@ -48,7 +48,7 @@ def test_batch_estimates_the_training_step_and_fit_finds_the_largest_batch():
     step = step_memory(SPECS / "lenet.arch", batch=256, optimizer="adamw")
     assert f"Training step at batch 256 (float32, adamw, cpu): peak {archdsl.memory.show_bytes(step.peak)}" in r.stdout
     largest = largest_batch(SPECS / "lenet.arch", "64MiB", optimizer="adamw")
-    assert f"Largest batch whose training step fits in 64MiB: {largest:,}" in r.stdout
+    assert f"Largest batch whose training step fits in 64 MiB: {largest:,}" in r.stdout
     assert step_memory(SPECS / "lenet.arch", batch=largest, optimizer="adamw").peak <= 64 * 2 ** 20
     assert step_memory(SPECS / "lenet.arch", batch=largest + 1, optimizer="adamw").peak > 64 * 2 ** 20
     data = json.loads(run("shapes", SPECS / "lenet.arch", "--batch", "8", "--amp", "-f", "json").stdout)
@@ -127,3 +127,34 @@ def test_shapes_of_a_torchvision_model_from_the_cli():
     assert "Total params: 11,689,512" in r.stdout and "layer4" in r.stdout
     r = run("shapes", "nosuchpackage.models:net", "--input", "3x8x8")
     assert r.exit_code == 2 and "cannot import 'nosuchpackage.models'" in r.output
+
+
+def test_every_mistake_is_json_when_json_is_asked_for():
+    """--strict, --min-input on a module, and diff's mistakes: one JSON object on stdout, exit 2."""
+    for args in (["shapes", SPECS / "alexnet.arch", "--strict"],
+                 ["shapes", "torchvision:resnet18", "--input", "3x64x64", "--min-input"],
+                 ["diff", SPECS / "lenet.arch"],
+                 ["diff", SPECS / "lenet.arch", "input 1x28x28; conv(6, k55)"]):
+        r = run(*args, "--format", "json")
+        assert r.exit_code == 2, args
+        assert json.loads(r.stdout)["error"]["message"], args
+    r = run("diff", SPECS / "lenet.arch", "input 1x28x28; conv(6, k55)")
+    assert "note: in B: input 1x28x28; conv(6, k55)" in r.stderr
+    r = run("shapes", "torchvision:resnet18", "--input", "3x64x64", "--min-input")
+    assert "torchvision:resnet18 is a module: the smallest input is searched for a spec" in r.stderr
+
+
+def test_fit_says_where_its_search_stops_and_lines_fit_the_width(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "60")
+    r = run("shapes", SPECS / "lenet.arch", "--fit", "1TiB", "--device", "cpu")
+    assert r.exit_code == 0 and "at least 1,048,576 (the search stops there)" in r.stdout.replace("\n  ", " ")
+    assert max(map(len, r.stdout.splitlines())) <= 60
+    assert "Training step at batch 1 (float32, sgd, cuda)" in run("shapes", SPECS / "lenet.arch", "--device",
+                                                                   "cuda").stdout
+
+
+def test_the_api_refuses_what_the_cli_refuses():
+    for call in (lambda: largest_batch(SPECS / "lenet.arch", 0), lambda: largest_batch(SPECS / "lenet.arch", -5),
+                 lambda: archdsl.trace(SPECS / "lenet.arch", depth=-1)):
+        with pytest.raises(archdsl.ArchError):
+            call()
