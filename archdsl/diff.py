@@ -64,7 +64,11 @@ def _compare(a: Row, b: Row) -> Pair:
 def diff(a: Summary, b: Summary, label_a: str | None = None, label_b: str | None = None) -> SummaryDiff:
     """Network a against network b, row by row; the labels name them in the table (default: their spec names),
     e.g. "specs/vgg.arch ratio=4" for a spec traced with --set ratio=4."""
-    return SummaryDiff(a, b, tuple(_align(_tree(a.rows), _tree(b.rows))),
+    trees = [_tree(a.rows), _tree(b.rows)]
+    rooted = [len(tree) == 1 and tree[0].row.name == "" for tree in trees]  # a module's own row holds all others
+    if rooted[0] != rooted[1]:  # a spec against a module: pair the spec's rows with those inside the module's
+        trees = [tree[0].children if root else tree for tree, root in zip(trees, rooted)]
+    return SummaryDiff(a, b, tuple(_align(*trees)),
                        a.spec if label_a is None else label_a, b.spec if label_b is None else label_b)
 
 

@@ -270,3 +270,13 @@ def test_json_round_trips_with_every_pair_and_the_totals(vgg, vgg_diff):
     assert block["changes"] == ["shape", "params", "mult_adds", "trainable"]
     assert conv["status"] == "changed" and conv["changes"] == ["shape", "params", "mult_adds", "trainable", "module"]
     assert conv["params_delta"] == conv["b"]["params"] - conv["a"]["params"] == 160 - 640
+
+
+def test_a_spec_against_the_same_network_as_a_module_pairs_their_layers():
+    """A module's own row holds all its others: against a spec, its inside is what pairs."""
+    a = archdsl.trace(SPECS / "torchvision" / "resnet18.arch")
+    b = archdsl.trace("torchvision:resnet18", "3x224x224")
+    result = diff(a, b)
+    paired = [p for p in result.pairs if p.a is not None and p.b is not None]
+    assert [p.b.name for p in paired[:4]] == ["conv1", "bn1", "relu", "maxpool"]
+    assert all(p.a.params == p.b.params for p in paired if p.b.name.startswith("layer") and "." not in p.b.name)
