@@ -190,6 +190,8 @@ def shapes(
                                 receptive_field=bool(names & {"receptive_field", "stride"}), params=sets)
         except ArchError as e:
             traced = e.summary if isinstance(e, ShapeError) else None
+            if traced is not None and min_input:  # what a user who asked for it wants most when the input is too small
+                e.notes = (*e.notes, *_smallest_note(spec, sets))
             if traced is not None:  # the rows up to the failing layer, as asked for
                 _print_summary(traced, format, chosen, depth, error=e)
             else:
@@ -216,6 +218,16 @@ def shapes(
                 typer.echo(warning.render(), err=True)
 
     guarded(run)
+
+
+def _smallest_note(spec: str, sets: dict[str, str]) -> tuple[str, ...]:
+    from .api import min_input
+
+    try:
+        smallest = min_input(spec, params=sets)
+    except ArchError:
+        return ()
+    return (f"the smallest input it accepts is {'x'.join(map(str, smallest))}",)
 
 
 def _print_json_error(e: ArchError, spec: str, format: Format) -> None:

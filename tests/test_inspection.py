@@ -71,6 +71,8 @@ def test_min_input():
     r = run("shapes", SPECS / "alexnet.arch", "--min-input")
     assert r.exit_code == 0 and "Smallest input it accepts: 1x65x65" in r.stdout
     assert min_input(SPECS / "alexnet.arch") == (1, 65, 65)
+    r = run("shapes", SPECS / "alexnet.arch", "--input", "1x28x28", "--min-input")  # asked for where it is needed
+    assert r.exit_code == 2 and "note: the smallest input it accepts is 1x65x65" in r.stderr
     with pytest.raises(archdsl.ShapeError):
         archdsl.trace(SPECS / "alexnet.arch", (1, 64, 65))
 
