@@ -33,7 +33,7 @@ import torch
 
 from .errors import ArchError
 from .plan import check_dataset
-from .runs import user_cache_dir
+from .cache import user_cache_dir
 
 ENV_VAR = "ARCHDSL_DATA"
 OFFLINE_ENV_VAR = "ARCHDSL_OFFLINE"  # set to 1 to never download

@@ -15,6 +15,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from lark.visitors import Transformer_NonRecursive
 
 from . import syntax as S
+from .cache import user_cache_dir
 from .errors import ArchError, ErrorLog, Source, Span, SpecSyntaxError, clip, os_reason
 from .limits import LIMITS, limit, raise_hint, too_large, whole
 from .values import did_you_mean
@@ -70,11 +71,10 @@ def _tables_file() -> str | bool:
     a full disk) only costs the build. False (no cache) where there is no such folder, or where
     something other than a plain file of a plausible size is in the way: lark would read it whole.
     """
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    if not os.path.isabs(base):  # a relative $XDG_CACHE_HOME (XDG says to ignore it), or no home: no cache
+    folder = user_cache_dir()
+    if not folder.is_absolute():  # a relative $XDG_CACHE_HOME (XDG says to ignore it), or no home: no cache
         return False
-    folder = os.path.join(base, "archdsl")
-    path = os.path.join(folder, "grammar.lark-cache")
+    path = str(folder / "grammar.lark-cache")
     try:
         os.makedirs(folder, exist_ok=True)
         st = os.stat(path)

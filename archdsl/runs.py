@@ -42,12 +42,6 @@ MAX_CONFIG_BYTES = 16 << 20  # config.json is a few kB; a bigger one is not a ru
 _TEMPORARY = re.compile(r"\..+\.\d+\.tmp")  # what _atomic_write names its files: .NAME.PID.tmp
 
 
-def user_cache_dir() -> Path:
-    """archdsl's per-user cache (data sets, layer timings): $XDG_CACHE_HOME/archdsl, or ~/.cache/archdsl."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "archdsl"
-
-
 class RunWriteError(ArchError):
     """A file of the run directory could not be written (a full disk, no permission, ...); its old version is whole."""
 

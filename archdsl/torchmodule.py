@@ -30,7 +30,6 @@ import copy
 import difflib
 import importlib
 import inspect
-import math
 import os
 import sys
 import warnings
@@ -46,8 +45,8 @@ from .errors import ArchError, ShapeError, clip
 from .limits import limit, raise_hint
 from .measures import kernel, mult_adds, output_bytes
 from .summary import Row, Summary
-from .tracer import MOST_ELEMENTS, one_line
-from .values import did_you_mean, parse_shape, show_shape, whole_number
+from .tracer import batched, one_line
+from .values import did_you_mean, parse_shape, show_shape
 
 
 def trace_module(model: nn.Module | str, input_shape: str | tuple[int, ...] | list[int] | None,
@@ -62,23 +61,13 @@ def trace_module(model: nn.Module | str, input_shape: str | tuple[int, ...] | li
     if input_shape is None:
         raise ArchError(f"{label} is a module, which says nothing of its input: pass --input CxHxW "
                         f"(input_shape= in Python), such as --input 3x224x224")
-    shape = (_batch(batch), *parse_shape(input_shape))
-    if math.prod(shape) >= MOST_ELEMENTS:
-        raise ArchError(f"an input of shape {show_shape(shape)} holds {math.prod(shape):.3g} numbers, "
-                        f"more than a tensor can (2^61)")
+    shape = batched(parse_shape(input_shape), batch)
     module = load(model) if isinstance(model, str) else model
     if isinstance(module, torch.jit.ScriptModule):  # it takes no hooks
         raise ArchError(f"{label} is a TorchScript module, which archdsl cannot trace: pass the nn.Module it was "
                         f"scripted from")
     net = meta_copy(module)
     return net, _Recorder(net, label).run(torch.empty(shape, dtype=_input_dtype(net), device="meta"))
-
-
-def _batch(batch: Any) -> int:
-    n = whole_number(batch, "a batch size")
-    if n < 1:
-        raise ArchError(f"batch size must be from 1 to {limit('size'):,}, not {batch}")
-    return n
 
 
 def _input_dtype(net: nn.Module) -> torch.dtype:

@@ -9,6 +9,7 @@ initialisation, drawing random numbers in the same order as a hand-written model
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,12 +29,7 @@ def trace_plan(plan: Plan, batch: int = 1) -> tuple[nn.Sequential, Summary]:
     Raises ShapeError at the first layer that cannot take its input, with the rows
     traced up to it in `error.summary`.
     """
-    if whole_number(batch, "a batch size") < 1:
-        raise ArchError(f"batch size must be from 1 to {limit('size'):,}, not {batch}", where=plan.source.name)
-    input_shape = (batch, *plan.input_shape)
-    if math.prod(input_shape) >= MOST_ELEMENTS:
-        raise ArchError(f"an input of shape {show_shape(input_shape)} holds {math.prod(input_shape):.3g} numbers, "
-                        f"more than a tensor can (2^61)", where=plan.source.name)
+    input_shape = batched(plan.input_shape, batch, plan.source.name)
     rows: list[Row | None] = []
     x = torch.empty(input_shape, device="meta")  # (B, C, H, W) for images
     try:
@@ -47,6 +43,18 @@ def trace_plan(plan: Plan, batch: int = 1) -> tuple[nn.Sequential, Summary]:
 
 
 MOST_ELEMENTS = 2 ** 61  # torch counts a tensor's bytes in 63 bits, up to 4 bytes an element here
+
+
+def batched(shape: tuple[int, ...], batch: Any, where: str | None = None) -> tuple[int, ...]:
+    """(batch, *shape), once the batch is a whole number from 1 and the input fits in a tensor."""
+    n = whole_number(batch, "a batch size")
+    if n < 1:
+        raise ArchError(f"batch size must be from 1 to {limit('size'):,}, not {batch}", where=where)
+    full = (n, *shape)
+    if math.prod(full) >= MOST_ELEMENTS:
+        raise ArchError(f"an input of shape {show_shape(full)} holds {math.prod(full):.3g} numbers, "
+                        f"more than a tensor can (2^61)", where=where)
+    return full
 
 
 def _trace(steps: tuple[Step, ...], x: torch.Tensor, prefix: str, depth: int, rows: list[Row | None],

@@ -33,7 +33,8 @@ from typing import Callable, Iterator, Mapping
 import torch
 from torch import nn
 
-from .runs import atomic_write_text, user_cache_dir
+from .cache import user_cache_dir
+from .runs import atomic_write_text
 
 CL = torch.channels_last
 NATIVE = "native"
